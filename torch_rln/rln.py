@@ -1,0 +1,325 @@
+r"""Regularization Learning (Shavitt & Segal, NeurIPS 2018) as an optimizer wrapper.
+
+Every regularized weight :math:`w` has its own log-scale coefficient :math:`\lambda`.
+After each step of the inner optimizer, for each regularized tensor :math:`W`:
+
+.. math::
+
+    w' &= W \text{ after the inner step}, \qquad
+        \delta = w' - w_{\text{prev}} \quad (w_{\text{prev}}: W \text{ just before the inner step}) \\
+    \lambda &\leftarrow \lambda - \nu\, \delta\, r_{\text{prev}}
+        \quad\text{(from the second step on: the counterfactual-loss gradient)} \\
+    \lambda &\leftarrow \lambda + \Theta - \operatorname{mean}(\lambda)
+        \quad\text{(projection: the mean over the tensor stays } \Theta) \\
+    d &= \operatorname{sign}(w') \ (L_1) \quad\text{or}\quad 2 w' \ (L_2) \\
+    \lambda &\leftarrow \min\big(\lambda, \log|w'/d|\big)
+        \quad\text{(no cap where } w'/d = 0/0) \\
+    r &= d\, e^{\lambda}, \qquad W \leftarrow w' - r, \qquad r_{\text{prev}} \leftarrow r
+
+with :math:`\lambda = \Theta` at the start. Where the cap binds
+(:math:`\lambda \ge \log|w'/d|`), the shrink is the weight itself: :math:`r = w'` and
+:math:`W` becomes exactly 0 (computing :math:`d\,e^{\log|w'|}` instead would leave
+rounding residues such as 3e-35, whose caps of about -79 then pull the mean).
+
+Names: :math:`\Theta` is ``avg_reg`` (the paper's Theta, the Keras callback's
+``avg_reg``); :math:`\nu` is ``reg_lr`` (the paper's nu, the Keras callback's
+``learning_rate``). This is the math of the published Keras ``RLNCallback``, done on the
+device inside ``step()``.
+
+Numerics:
+
+* Where :math:`w' = 0` (a weight a dead unit keeps at 0), :math:`d = 0`: the shrink is
+  exactly 0 and :math:`\lambda` has no cap, so the projection may push it past 88, where
+  ``exp`` overflows float32. The exponent is clamped below the overflow point of the
+  state dtype, so ``0 * exp(lambda)`` is 0, never NaN.
+* Where the inner step produced NaN or +-Inf, the element counts as 0 for the coefficient
+  update: it adds no gradient term, its coefficient only follows the projection, its
+  shrink is 0, and the weight is left as the inner optimizer made it. No other
+  coefficient of the tensor is touched by it. This needs no host sync.
+* The coefficients and the previous shrink are kept in float32 for float16/bfloat16
+  parameters (in the parameter's dtype otherwise); the update runs in that dtype.
+
+Persistent state per regularized weight: ``lam`` (the coefficients) and ``r_prev`` (the
+previous shrink, whose sign cannot be recovered from a weight that was set to 0). The
+weight before the inner step is a temporary copy taken inside ``step()``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
+
+from ._wrapper import RegularizedOptimizer, check_finite, state_dtype
+
+__all__ = ["RLNOptimizer", "rln_update"]
+
+_LOG_HALF = math.log(0.5)
+
+
+def max_exponent(dtype: torch.dtype) -> float:
+    """The largest whole exponent whose ``exp`` is finite in ``dtype`` (88 for float32)."""
+    return float(math.floor(math.log(torch.finfo(dtype).max)))
+
+
+def _finite_copy(tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    """``tensor`` in ``dtype`` with NaN and +-Inf replaced by 0 (a new tensor)."""
+    return torch.nan_to_num(tensor.detach(), nan=0.0, posinf=0.0, neginf=0.0).to(dtype)
+
+
+def _single_tensor_rln(
+    params: list[Tensor],
+    prevs: list[Tensor] | None,
+    lams: list[Tensor],
+    r_prevs: list[Tensor],
+    *,
+    norm: int,
+    avg_reg: float,
+    reg_lr: float,
+    first_step: bool,
+) -> None:
+    """One RLN update, tensor by tensor, in the plain form of the equations.
+
+    ``params`` hold :math:`w'` (after the inner step) and receive :math:`W`;
+    ``prevs`` are :math:`w_{\\text{prev}}` in the state dtype with non-finite values set
+    to 0 (unused, may be None, on the first step); ``lams`` and ``r_prevs`` are updated
+    in place.
+    """
+    for i, param in enumerate(params):
+        lam, r_prev = lams[i], r_prevs[i]
+        w = _finite_copy(param, lam.dtype)
+        if not first_step:
+            assert prevs is not None
+            lam.add_((prevs[i] - w) * r_prev, alpha=reg_lr)  # lam -= nu * delta * r_prev
+            lam.sub_(lam.mean() - avg_reg)  # lam += Theta - mean(lam)
+        d = torch.sign(w) if norm == 1 else 2 * w
+        cap = torch.log(torch.abs(w / d))  # NaN where w == 0 (0/0): no cap there
+        bound = lam >= cap  # False against NaN
+        lam.copy_(torch.where(bound, cap, lam))
+        shrink = d * torch.exp(lam.clamp(max=max_exponent(lam.dtype)))
+        r = torch.where(bound, w, shrink)
+        r_prev.copy_(r)
+        param.sub_(r)
+
+
+def _multi_tensor_rln(
+    params: list[Tensor],
+    prevs: list[Tensor] | None,
+    lams: list[Tensor],
+    r_prevs: list[Tensor],
+    *,
+    norm: int,
+    avg_reg: float,
+    reg_lr: float,
+    first_step: bool,
+) -> None:
+    """The same update as :func:`_single_tensor_rln`, with foreach ops per device and dtype.
+
+    There is no foreach ``where``; the masks are formed exactly in arithmetic instead:
+    ``|sign(w)|`` is 1 where ``w != 0`` and 0 where ``w == 0``, so
+    ``log(|w| + 1 - |sign w|) - log|sign w|`` is ``log|w|`` exactly where ``w != 0``
+    and ``+inf`` (no cap) where ``w == 0``; ``sign(max(cap - lam, 0))`` is 1 where the
+    cap does not bind and 0 where it does. The results equal the per-tensor path's.
+    """
+    tensor_lists: list[list[Any]] = [params, lams, r_prevs]
+    if not first_step:
+        assert prevs is not None
+        tensor_lists.append(prevs)
+    grouped = _group_tensors_by_device_and_dtype(tensor_lists)
+    for (device_params, device_lams, device_r_prevs, *rest), _ in grouped.values():
+        sdtype = device_lams[0].dtype
+        ws = [_finite_copy(p, sdtype) for p in device_params]
+        if not first_step:
+            neg_delta = rest[0]  # w_prev, overwritten in place with w_prev - w'
+            torch._foreach_sub_(neg_delta, ws)
+            torch._foreach_mul_(neg_delta, device_r_prevs)
+            torch._foreach_add_(device_lams, neg_delta, alpha=reg_lr)  # lam -= nu * delta * r_prev
+            excess = [lam.mean() for lam in device_lams]
+            torch._foreach_sub_(excess, avg_reg)
+            torch._foreach_sub_(device_lams, excess)  # lam += Theta - mean(lam)
+
+        signs = torch._foreach_sign(ws)
+        nonzero = torch._foreach_abs(signs)  # 1 where w != 0, 0 where w == 0
+        log_nonzero = torch._foreach_log(nonzero)  # 0 where w != 0, -inf where w == 0
+        if norm == 1:
+            d = signs
+            zero = torch._foreach_neg(nonzero)
+            torch._foreach_add_(zero, 1.0)
+            cap = torch._foreach_abs(ws)
+            torch._foreach_add_(cap, zero)
+            torch._foreach_log_(cap)
+        else:
+            d = torch._foreach_mul(ws, 2.0)
+            cap = torch._foreach_mul(nonzero, 0.0)
+            torch._foreach_add_(cap, _LOG_HALF)
+        torch._foreach_sub_(cap, log_nonzero)  # log|w/d|, or +inf where w == 0
+
+        free = torch._foreach_sub(cap, device_lams)
+        torch._foreach_clamp_min_(free, 0.0)
+        torch._foreach_sign_(free)  # 1 where lam < cap, 0 where the cap binds
+        torch._foreach_minimum_(device_lams, cap)
+
+        r = torch._foreach_clamp_max(device_lams, max_exponent(sdtype))
+        torch._foreach_exp_(r)
+        torch._foreach_mul_(r, d)
+        torch._foreach_mul_(r, free)
+        bound = torch._foreach_neg(free)
+        torch._foreach_add_(bound, 1.0)
+        torch._foreach_addcmul_(r, ws, bound)  # r = w' exactly where the cap binds
+        torch._foreach_copy_(device_r_prevs, r)
+        torch._foreach_sub_(device_params, r)
+
+
+def rln_update(
+    params: list[Tensor],
+    prevs: list[Tensor] | None,
+    lams: list[Tensor],
+    r_prevs: list[Tensor],
+    *,
+    norm: int,
+    avg_reg: float,
+    reg_lr: float,
+    first_step: bool,
+    foreach: bool = True,
+) -> None:
+    """Functional RLN update (see the module docstring for the equations).
+
+    ``params`` hold the weights after the inner optimizer's step and are updated in
+    place; ``prevs`` hold the weights just before it, in the state dtype with non-finite
+    values replaced by 0 (they are overwritten); ``lams`` and ``r_prevs`` are the state,
+    updated in place. On the first step ``prevs`` is unused and ``lams`` should hold
+    ``avg_reg``.
+    """
+    fn = _multi_tensor_rln if foreach else _single_tensor_rln
+    fn(params, prevs, lams, r_prevs, norm=norm, avg_reg=avg_reg, reg_lr=reg_lr, first_step=first_step)
+
+
+class RLNOptimizer(RegularizedOptimizer):
+    r"""Wrap any ``torch.optim`` optimizer with Regularization Learning.
+
+    After every inner step, each regularized weight is shrunk by
+    :math:`r = d\,e^{\lambda}` (``d = sign(w)`` for ``norm=1``, ``2w`` for ``norm=2``)
+    with a coefficient :math:`\lambda` of its own, learned from the
+    counterfactual-loss gradient and projected so that its mean over the tensor stays
+    :math:`\Theta`. See :mod:`torch_rln.rln` for the equations and the numerics.
+
+    Args:
+        optimizer: the inner optimizer; it keeps its own parameters, hyperparameters and
+            state, and LR schedulers given this wrapper drive it.
+        params: the tensors to regularize, or dicts ``{"params": [...], "norm": ...,
+            "avg_reg": ..., "reg_lr": ...}`` with per-group settings; each must be a
+            parameter of ``optimizer``. ``None`` (default): every parameter of
+            ``optimizer`` with ``ndim >= 2``.
+        norm: 1 (L1, the paper's choice) or 2.
+        avg_reg: :math:`\Theta`, the mean log-coefficient (paper: Theta; Keras callback:
+            ``avg_reg``).
+        reg_lr: :math:`\nu \ge 0`, the coefficients' learning rate (paper: nu; Keras
+            callback: ``learning_rate``).
+        foreach: use the foreach implementation (default) rather than the per-tensor one.
+        compile: run the update through ``torch.compile(fullgraph=True)``; the first step
+            then pays the compile time (tens of seconds on a small CPU).
+
+    Example::
+
+        base = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
+        opt = RLNOptimizer(base, params=[model[0].weight], norm=1, avg_reg=-10.0, reg_lr=1e6)
+        opt.zero_grad(); loss.backward(); opt.step()
+        opt.lambdas(model[0].weight)  # the current log-coefficients
+
+    A parameter whose ``.grad`` is None after the inner step is skipped, as torch
+    optimizers skip it: no shrink, no coefficient update.
+    """
+
+    group_defaults = {"norm": 1, "avg_reg": -7.5, "reg_lr": 6e5}
+    state_key = "rln"
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        params=None,
+        *,
+        norm: int = 1,
+        avg_reg: float = -7.5,
+        reg_lr: float = 6e5,
+        foreach: bool | None = None,
+        compile: bool = False,
+    ) -> None:
+        if foreach is not None and not isinstance(foreach, bool):
+            raise TypeError(f"Invalid foreach: {foreach!r} (expected True, False or None)")
+        super().__init__(optimizer, params, {"norm": norm, "avg_reg": avg_reg, "reg_lr": reg_lr})
+        self.foreach = True if foreach is None else foreach
+        self.compile = bool(compile)
+        self._update_fn = None
+
+    def validate_group(self, group: dict[str, Any]) -> None:
+        norm = group["norm"]
+        if isinstance(norm, bool) or norm not in (1, 2):
+            raise ValueError(f"Invalid norm: {norm!r} (expected 1 or 2)")
+        check_finite("avg_reg", group["avg_reg"])
+        reg_lr = check_finite("reg_lr", group["reg_lr"])
+        if reg_lr < 0:
+            raise ValueError(f"Invalid reg_lr: {group['reg_lr']!r} (expected >= 0)")
+
+    def validate_state(self, index: int, tensors: dict[str, Tensor]) -> None:
+        missing = {"lam", "r_prev"} - set(tensors)
+        if missing:
+            raise ValueError(f"RLNOptimizer: the state of parameter {index} lacks {sorted(missing)}")
+
+    def lambdas(self, param: Tensor) -> Tensor:
+        """The current log-coefficients of ``param`` (a copy, shaped like it).
+
+        Before the first step that reaches ``param`` they are all ``avg_reg``.
+        """
+        group = self._group_of(param)
+        state = self.reg_state.get(param)
+        if state is None:
+            return torch.full_like(param, group["avg_reg"], dtype=state_dtype(param.dtype))
+        return state["lam"].clone()
+
+    def before_inner_step(self) -> dict[Tensor, Tensor]:
+        """Copy the weights that already have RLN state: they are :math:`w_{\\text{prev}}`."""
+        return {
+            p: _finite_copy(p, self.reg_state[p]["lam"].dtype)
+            for group in self.reg_groups
+            for p in group["params"]
+            if p in self.reg_state
+        }
+
+    def after_inner_step(self, prevs: dict[Tensor, Tensor]) -> None:
+        update = self._update()
+        for group in self.reg_groups:
+            settings = {k: group[k] for k in ("norm", "avg_reg", "reg_lr")}
+            stepped = [p for p in group["params"] if p.grad is not None]
+            new = [p for p in stepped if p not in self.reg_state]
+            old = [p for p in stepped if p in self.reg_state]
+            for p in new:
+                self.reg_state[p] = {
+                    "lam": torch.full_like(p, group["avg_reg"], dtype=state_dtype(p.dtype)),
+                    "r_prev": torch.zeros_like(p, dtype=state_dtype(p.dtype)),
+                }
+            for params, first_step in ((old, False), (new, True)):
+                if not params:
+                    continue
+                update(
+                    params,
+                    None if first_step else [prevs[p] for p in params],
+                    [self.reg_state[p]["lam"] for p in params],
+                    [self.reg_state[p]["r_prev"] for p in params],
+                    first_step=first_step,
+                    **settings,
+                )
+
+    def _update(self):
+        if self._update_fn is None:
+            fn = _multi_tensor_rln if self.foreach else _single_tensor_rln
+            self._update_fn = torch.compile(fn, fullgraph=True) if self.compile else fn
+        return self._update_fn
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_update_fn"] = None  # a compiled function does not pickle
+        return state
