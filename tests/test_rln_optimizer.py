@@ -1,0 +1,338 @@
+"""RLNOptimizer as a drop-in torch Optimizer: schedulers, GradScaler, closures, hooks,
+checkpoints, and clear errors for bad input."""
+
+import io
+import math
+
+import pytest
+import torch
+
+from torch_rln import RLNOptimizer
+
+
+def make_model(seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1)).to(dtype)
+
+
+def batches(n, seed=1, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        x = torch.randn(32, 12, generator=g).to(dtype)
+        out.append((x, x[:, :3].sum(1, keepdim=True)))
+    return out
+
+
+def train_step(model, opt, x, y):
+    opt.zero_grad()
+    loss = ((model(x) - y) ** 2).mean()
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def snapshot(model, opt):
+    return [p.detach().clone() for p in model.parameters()], {
+        id(p): {k: v.clone() for k, v in s.items()} for p, s in opt.reg_state.items()
+    }
+
+
+# ---------------------------------------------------------------- construction
+def test_params_none_regularizes_every_matrix():
+    model = make_model()
+    opt = RLNOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    assert opt.regularized_params() == [model[0].weight, model[2].weight]
+    assert isinstance(opt, torch.optim.Optimizer)
+    assert opt.param_groups is opt.optimizer.param_groups
+    assert opt.defaults is opt.optimizer.defaults
+
+
+def test_lambdas_start_at_avg_reg_and_name_unregularized_tensors():
+    model = make_model()
+    opt = RLNOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), [model[0].weight], avg_reg=-9.0)
+    lam = opt.lambdas(model[0].weight)
+    assert lam.shape == model[0].weight.shape and torch.all(lam == -9.0)
+    with pytest.raises(ValueError, match=r"does not regularize this tensor \(shape \(16,\)"):
+        opt.lambdas(model[0].bias)
+
+
+def test_group_settings_override_defaults():
+    model = make_model()
+    opt = RLNOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        [{"params": [model[0].weight], "norm": 2, "avg_reg": -3.0}, {"params": model[2].weight}],
+        reg_lr=1e3,
+    )
+    assert [(g["norm"], g["avg_reg"], g["reg_lr"]) for g in opt.reg_groups] == [(2, -3.0, 1e3), (1, -7.5, 1e3)]
+
+
+# ---------------------------------------------------------------- bad input
+def inner_for(model):
+    return torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"norm": 3}, r"Invalid norm: 3"),
+        ({"norm": 0}, r"Invalid norm: 0"),
+        ({"norm": True}, r"Invalid norm: True"),
+        ({"norm": "1"}, r"Invalid norm: '1'"),
+        ({"avg_reg": math.nan}, r"Invalid avg_reg: nan"),
+        ({"avg_reg": -math.inf}, r"Invalid avg_reg: -inf"),
+        ({"reg_lr": -1.0}, r"Invalid reg_lr: -1.0 \(expected >= 0\)"),
+        ({"reg_lr": math.inf}, r"Invalid reg_lr: inf"),
+        ({"reg_lr": "big"}, r"Invalid reg_lr: 'big'"),
+    ],
+)
+def test_bad_hyperparameters_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RLNOptimizer(inner_for(make_model()), **kwargs)
+
+
+def test_bad_group_hyperparameter_is_named():
+    model = make_model()
+    with pytest.raises(ValueError, match=r"Invalid avg_reg: nan"):
+        RLNOptimizer(inner_for(model), [{"params": [model[0].weight], "avg_reg": math.nan}])
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['lr'\]"):
+        RLNOptimizer(inner_for(model), [{"params": [model[0].weight], "lr": 0.1}])
+
+
+def test_bad_tensors_are_rejected():
+    model = make_model()
+    stranger = torch.nn.Parameter(torch.randn(3, 3))
+    with pytest.raises(ValueError, match=r"\(shape \(3, 3\), dtype torch.float32\) is not a parameter of the inner"):
+        RLNOptimizer(inner_for(model), [stranger])
+    with pytest.raises(ValueError, match=r"parameter 0 of the inner optimizer .* is regularized twice"):
+        RLNOptimizer(inner_for(model), [{"params": [model[0].weight]}, {"params": [model[0].weight]}])
+    with pytest.raises(TypeError, match="wraps a torch.optim.Optimizer, got builtins.dict"):
+        RLNOptimizer({"lr": 0.1})
+    with pytest.raises(TypeError, match="but got a single torch.FloatTensor: wrap it in a list"):
+        RLNOptimizer(inner_for(model), model[0].weight)
+    ints = torch.zeros(3, 3, dtype=torch.int64)
+    with pytest.raises(ValueError, match="non-floating-point tensor"):
+        RLNOptimizer(torch.optim.SGD([{"params": [model[0].weight]}], lr=0.1), [ints])
+    cplx = torch.nn.Parameter(torch.randn(3, 3, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="complex tensor"):
+        RLNOptimizer(torch.optim.SGD([cplx], lr=0.1), [cplx])
+    sparse = torch.nn.Parameter(torch.eye(3).to_sparse())
+    with pytest.raises(ValueError, match="sparse tensor"):
+        RLNOptimizer(torch.optim.SGD([sparse], lr=0.1), [sparse])
+    with pytest.raises(ValueError, match="already wraps an RLNOptimizer"):
+        RLNOptimizer(RLNOptimizer(inner_for(model)))
+
+
+# ---------------------------------------------------------------- steps, hooks, grads
+def test_step_hooks_zero_grad_and_skipped_params():
+    model = make_model()
+    opt = RLNOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    calls = []
+    opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
+    (x, y), = batches(1)
+    # Only the first layer gets a gradient: the second is skipped entirely.
+    model[2].weight.requires_grad_(False)
+    before = model[2].weight.detach().clone()
+    train_step(model, opt, x, y)
+    assert calls == ["pre", "post"]
+    assert torch.equal(model[2].weight, before)
+    assert model[0].weight in opt.reg_state and model[2].weight not in opt.reg_state
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_add_param_group_regularizes_new_matrices_when_params_is_none():
+    model = make_model()
+    extra = torch.nn.Linear(4, 4)
+    opt = RLNOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    opt.add_param_group({"params": extra.parameters(), "lr": 0.01})
+    assert opt.optimizer.param_groups[-1]["lr"] == 0.01
+    assert opt.regularized_params()[-1] is extra.weight
+    explicit = RLNOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), [model[0].weight])
+    explicit.add_param_group({"params": torch.nn.Linear(4, 4).parameters()})
+    assert explicit.regularized_params() == [model[0].weight]
+
+
+def test_nan_from_the_inner_step_does_not_spread():
+    w = torch.nn.Parameter(0.5 * torch.randn(20, 30))
+    opt = RLNOptimizer(torch.optim.SGD([w], lr=0.1), avg_reg=-4.0, reg_lr=1e3)
+    for step in range(6):
+        w.grad = 0.1 * torch.randn(20, 30)
+        if step == 3:
+            w.grad[0, 0] = math.nan
+            w.grad[1, 1] = math.inf
+        opt.step()
+    lam = opt.reg_state[w]["lam"]
+    assert torch.isfinite(lam).all() and torch.isfinite(opt.reg_state[w]["r_prev"]).all()
+    assert torch.isnan(w[0, 0]) and not torch.isfinite(w[1, 1])
+    finite = torch.isfinite(w)
+    assert finite.sum() == 20 * 30 - 2
+    assert lam.mean().item() <= -4.0 + 1e-5
+
+
+# ---------------------------------------------------------------- schedulers
+@pytest.mark.parametrize("name", ["step", "onecycle", "plateau"])
+def test_lr_schedulers_drive_the_inner_learning_rate(name):
+    def build(opt):
+        if name == "step":
+            return torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+        if name == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+
+    model = make_model()
+    bare = torch.optim.SGD(make_model().parameters(), lr=0.1, momentum=0.9)
+    opt = RLNOptimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    sched_bare, sched = build(bare), build(opt)
+    lrs = []
+    for i, (x, y) in enumerate(batches(8)):
+        train_step(model, opt, x, y)
+        bare.step()
+        if name == "plateau":
+            sched.step(1.0)
+            sched_bare.step(1.0)
+        else:
+            sched.step()
+            sched_bare.step()
+        lrs.append(opt.optimizer.param_groups[0]["lr"])
+        assert lrs[-1] == bare.param_groups[0]["lr"]
+    assert len(set(lrs)) > 1  # the schedule did move the inner learning rate
+
+
+# ---------------------------------------------------------------- GradScaler
+def test_grad_scaler_skips_the_whole_step_on_inf():
+    model = make_model()
+    reference = make_model()
+    opt = RLNOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), avg_reg=-5.0, reg_lr=1e4)
+    ref_opt = RLNOptimizer(torch.optim.SGD(reference.parameters(), lr=0.05), avg_reg=-5.0, reg_lr=1e4)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    data = batches(6)
+    for i, (x, y) in enumerate(data):
+        opt.zero_grad()
+        scaler.scale(((model(x) - y) ** 2).mean()).backward()
+        if i == 3:
+            model[0].weight.grad[0, 0] = math.inf
+            before = snapshot(model, opt)
+        scaler.step(opt)
+        scaler.update()
+        if i == 3:
+            after = snapshot(model, opt)
+            for a, b in zip(before[0], after[0]):
+                assert torch.equal(a, b)
+            for key in before[1]:
+                for name in before[1][key]:
+                    assert torch.equal(before[1][key][name], after[1][key][name])
+        else:
+            train_step(reference, ref_opt, x, y)
+    # The scaled run equals an unscaled run without the skipped batch (SGD is not
+    # scale-invariant, so a missed unscale would show here).
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- closures
+def test_lbfgs_closure_runs_and_regularizes():
+    model = make_model()
+    opt = RLNOptimizer(torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=5), [model[0].weight], avg_reg=-4.0, reg_lr=1e3)
+    (x, y), = batches(1)
+    calls = []
+
+    def closure():
+        calls.append(1)
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        return loss
+
+    first = opt.step(closure)
+    for _ in range(5):
+        loss = opt.step(closure)
+    assert len(calls) > 6 and loss < first
+    assert (model[0].weight == 0).any()
+
+
+# ---------------------------------------------------------------- checkpoints
+@pytest.mark.parametrize("inner", ["adam", "rmsprop", "adamw_fused"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_resume_from_checkpoint_is_bit_identical(inner, dtype):
+    build = {
+        "adam": lambda ps: torch.optim.Adam(ps, lr=1e-2),
+        "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=1e-3, alpha=0.9, eps=1e-7),
+        "adamw_fused": lambda ps: torch.optim.AdamW(ps, lr=1e-2, fused=True),
+    }[inner]
+    data = batches(30, dtype=dtype)
+
+    def fresh():
+        model = make_model(dtype=dtype)
+        opt = RLNOptimizer(build(model.parameters()), avg_reg=-5.0, reg_lr=1e4)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.7)
+        return model, opt, sched
+
+    model, opt, sched = fresh()
+    for x, y in data[:15]:
+        train_step(model, opt, x, y)
+        sched.step()
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}, buffer)
+    for x, y in data[15:]:
+        train_step(model, opt, x, y)
+        sched.step()
+
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+    resumed, resumed_opt, resumed_sched = fresh()
+    resumed.load_state_dict(checkpoint["model"])
+    resumed_opt.load_state_dict(checkpoint["opt"])
+    resumed_sched.load_state_dict(checkpoint["sched"])
+    for p in resumed_opt.regularized_params():
+        assert resumed_opt.reg_state[p]["lam"].dtype == torch.float32
+    for x, y in data[15:]:
+        train_step(resumed, resumed_opt, x, y)
+        resumed_sched.step()
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(opt.regularized_params(), resumed_opt.regularized_params()):
+        assert torch.equal(opt.reg_state[a]["lam"], resumed_opt.reg_state[b]["lam"])
+        assert torch.equal(opt.reg_state[a]["r_prev"], resumed_opt.reg_state[b]["r_prev"])
+    assert (model[0].weight == 0).any()
+
+
+def test_state_dict_layout_is_torchs():
+    model = make_model()
+    opt = RLNOptimizer(torch.optim.Adam(model.parameters(), lr=1e-2), [model[2].weight], norm=2)
+    (x, y), = batches(1)
+    train_step(model, opt, x, y)
+    sd = opt.state_dict()
+    assert set(sd) == {"state", "param_groups", "rln_groups"}
+    assert sd["rln_groups"] == [{"norm": 2, "avg_reg": -7.5, "reg_lr": 6e5, "params": [2]}]
+    assert set(sd["state"][2]) == {"step", "exp_avg", "exp_avg_sq", "rln_lam", "rln_r_prev"}
+    assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
+
+
+def test_mismatched_checkpoints_are_refused_before_anything_changes():
+    model = make_model()
+    opt = RLNOptimizer(torch.optim.Adam(model.parameters(), lr=1e-2), [model[0].weight])
+    (x, y), = batches(1)
+    train_step(model, opt, x, y)
+    saved = opt.state_dict()
+
+    other = RLNOptimizer(torch.optim.Adam(model.parameters(), lr=1e-2), [model[2].weight])
+    train_step(model, other, x, y)
+    before = {k: v.clone() for k, v in other.reg_state[model[2].weight].items()}
+    inner_before = other.optimizer.state_dict()["state"][0]["exp_avg"].clone()
+    with pytest.raises(ValueError, match=r"holds parameters \[2\] here but \[0\] in the state_dict"):
+        other.load_state_dict(saved)
+    assert torch.equal(other.reg_state[model[2].weight]["lam"], before["lam"])
+    assert torch.equal(other.optimizer.state[model[0].weight]["exp_avg"], inner_before)
+
+    bad_shape = opt.state_dict()
+    bad_shape["state"] = dict(bad_shape["state"])
+    bad_shape["state"][0] = {**bad_shape["state"][0], "rln_lam": torch.zeros(3)}
+    with pytest.raises(ValueError, match=r"state 'lam' of parameter 0 has shape \(3,\), the parameter \(16, 12\)"):
+        opt.load_state_dict(bad_shape)
+    bad_setting = {**opt.state_dict(), "rln_groups": [{**saved["rln_groups"][0], "norm": 5}]}
+    with pytest.raises(ValueError, match="Invalid norm: 5"):
+        opt.load_state_dict(bad_setting)
+    with pytest.raises(ValueError, match="has no 'rln_groups'.*optimizer.load_state_dict"):
+        opt.load_state_dict(opt.optimizer.state_dict())

@@ -1,0 +1,125 @@
+"""The foreach path of RLNOptimizer equals the per-tensor path, with every inner optimizer."""
+
+import pytest
+import torch
+
+from torch_rln import RLNOptimizer
+from torch_rln.rln import _multi_tensor_rln, _single_tensor_rln
+
+
+def make_model(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)
+    )
+    model[2].double()  # a second dtype among the regularized tensors
+    return model
+
+
+def forward(model, x):
+    h = model[1](model[0](x))
+    h = model[3](model[2](h.double())).float()
+    return model[4](h)
+
+
+INNER = {
+    "sgd_momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
+    "adam": lambda ps: torch.optim.Adam(ps, lr=0.01),
+    "adamw_foreach": lambda ps: torch.optim.AdamW(ps, lr=0.01, foreach=True),
+    "adamw_fused": lambda ps: torch.optim.AdamW(ps, lr=0.01, fused=True),
+    "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=1e-3, alpha=0.9, eps=1e-7),
+    "lbfgs": lambda ps: torch.optim.LBFGS(ps, lr=0.5, max_iter=4),
+}
+
+
+def train(inner_name, foreach, steps=40):
+    model = make_model()
+    groups = [
+        {"params": [model[0].weight], "norm": 1, "avg_reg": -5.0, "reg_lr": 1e4},
+        {"params": [model[2].weight, model[4].weight], "norm": 2, "avg_reg": -4.0, "reg_lr": 1e3},
+    ]
+    opt = RLNOptimizer(INNER[inner_name](model.parameters()), groups, foreach=foreach)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 10, generator=g)
+    y = x[:, :2].sum(1, keepdim=True)
+    for _ in range(steps):
+
+        def closure():
+            opt.zero_grad()
+            loss = ((forward(model, x) - y) ** 2).mean()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    return model, opt
+
+
+@pytest.mark.parametrize("inner_name", list(INNER))
+def test_foreach_equals_per_tensor(inner_name):
+    model_a, opt_a = train(inner_name, foreach=True)
+    model_b, opt_b = train(inner_name, foreach=False)
+    for p_a, p_b in zip(model_a.parameters(), model_b.parameters()):
+        torch.testing.assert_close(p_a, p_b, rtol=0, atol=0)
+    for p_a, p_b in zip(opt_a.regularized_params(), opt_b.regularized_params()):
+        for key in ("lam", "r_prev"):
+            torch.testing.assert_close(opt_a.reg_state[p_a][key], opt_b.reg_state[p_b][key], rtol=0, atol=0)
+    # The run did regularize: some weights were zeroed, and the coefficients moved.
+    assert (model_a[0].weight == 0).any()
+    lam = opt_a.lambdas(model_a[0].weight)
+    assert lam.std() > 0
+    # The projection sets the mean to avg_reg, and the cap that follows can only lower it.
+    assert lam.mean() <= -5.0 + 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_params_keep_float32_state(dtype):
+    outs = []
+    for fn in (_single_tensor_rln, _multi_tensor_rln):
+        torch.manual_seed(0)
+        w = (0.2 * torch.randn(30, 40)).to(dtype)
+        prev = (w.float() + 0.01 * torch.randn(30, 40))
+        lam = torch.full((30, 40), -3.0) + 0.5 * torch.randn(30, 40)
+        r_prev = 0.01 * torch.randn(30, 40)
+        fn([w], [prev], [lam], [r_prev], norm=1, avg_reg=-3.0, reg_lr=100.0, first_step=False)
+        assert lam.dtype == torch.float32 and r_prev.dtype == torch.float32 and w.dtype == dtype
+        assert torch.isfinite(w).all() and torch.isfinite(lam).all()
+        outs.append((w, lam, r_prev))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (outs[0][0] == 0).any()
+
+
+def test_bfloat16_training_stays_finite():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1)).to(torch.bfloat16)
+    opt = RLNOptimizer(torch.optim.Adam(model.parameters(), lr=1e-2), avg_reg=-6.0, reg_lr=1e5)
+    x = torch.randn(128, 20).to(torch.bfloat16)
+    y = x[:, :1]
+    for _ in range(60):
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        opt.step()
+    for p in opt.regularized_params():
+        assert opt.reg_state[p]["lam"].dtype == torch.float32
+        assert torch.isfinite(p).all() and torch.isfinite(opt.reg_state[p]["lam"]).all()
+    assert (model[0].weight == 0).any()
+
+
+def test_compiled_update_fullgraph_equals_eager():
+    """``torch.compile(fullgraph=True)`` of the update on CPU gives the eager result."""
+    torch._dynamo.reset()
+    results = []
+    for compile_ in (False, True):
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(0.3 * torch.randn(24, 32))
+        opt = RLNOptimizer(torch.optim.SGD([w], lr=0.05), norm=1, avg_reg=-3.0, reg_lr=100.0, compile=compile_)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(8):
+            w.grad = 0.1 * torch.randn(24, 32, generator=g)
+            opt.step()
+        results.append((w.detach().clone(), opt.lambdas(w)))
+    (w_eager, lam_eager), (w_compiled, lam_compiled) = results
+    torch.testing.assert_close(w_compiled, w_eager, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lam_compiled, lam_eager, rtol=1e-5, atol=1e-4)
+    assert torch.equal(w_compiled == 0, w_eager == 0)
+    assert (w_eager == 0).any()
