@@ -84,6 +84,8 @@ def inner_for(model):
         ({"reg_lr": -1.0}, r"Invalid reg_lr: -1.0 \(expected >= 0\)"),
         ({"reg_lr": math.inf}, r"Invalid reg_lr: inf"),
         ({"reg_lr": "big"}, r"Invalid reg_lr: 'big'"),
+        ({"batch_dims": -1}, r"Invalid batch_dims: -1"),
+        ({"batch_dims": 2}, r"Invalid batch_dims: 2 for a tensor of shape \(16, 12\)"),
     ],
 )
 def test_bad_hyperparameters_are_named(kwargs, match):
@@ -305,7 +307,7 @@ def test_state_dict_layout_is_torchs():
     train_step(model, opt, x, y)
     sd = opt.state_dict()
     assert set(sd) == {"state", "param_groups", "rln_groups"}
-    assert sd["rln_groups"] == [{"norm": 2, "avg_reg": -7.5, "reg_lr": 6e5, "params": [2]}]
+    assert sd["rln_groups"] == [{"norm": 2, "avg_reg": -7.5, "reg_lr": 6e5, "batch_dims": 0, "params": [2]}]
     assert set(sd["state"][2]) == {"step", "exp_avg", "exp_avg_sq", "rln_lam", "rln_r_prev"}
     assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
 
@@ -336,3 +338,31 @@ def test_mismatched_checkpoints_are_refused_before_anything_changes():
         opt.load_state_dict(bad_setting)
     with pytest.raises(ValueError, match="has no 'rln_groups'.*optimizer.load_state_dict"):
         opt.load_state_dict(opt.optimizer.state_dict())
+
+
+# ---------------------------------------------------------------- stacked copies
+@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "per_tensor"])
+def test_batch_dims_equals_separate_optimizers(foreach):
+    """K copies stacked on a leading dim (batch_dims=1) train as K separate RLN optimizers."""
+    k, steps = 4, 30
+    g = torch.Generator().manual_seed(0)
+    w0 = 0.3 * torch.randn(k, 8, 20, generator=g)
+    grads = [0.1 * torch.randn(k, 8, 20, generator=g) for _ in range(steps)]
+    settings = dict(norm=1, avg_reg=-4.0, reg_lr=1e3, foreach=foreach)
+    stacked = torch.nn.Parameter(w0.clone())
+    opt = RLNOptimizer(torch.optim.RMSprop([stacked], lr=1e-2), batch_dims=1, **settings)
+    singles = [torch.nn.Parameter(w0[i].clone()) for i in range(k)]
+    opts = [RLNOptimizer(torch.optim.RMSprop([w], lr=1e-2), **settings) for w in singles]
+    for grad in grads:
+        stacked.grad = grad.clone()
+        opt.step()
+        for i in range(k):
+            singles[i].grad = grad[i].clone()
+            opts[i].step()
+    for i in range(k):
+        torch.testing.assert_close(stacked[i], singles[i], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(opt.lambdas(stacked)[i], opts[i].lambdas(singles[i]), rtol=1e-6, atol=1e-5)
+    assert (stacked == 0).any()
+    # One mean over the whole stack would differ: the copies' means are each avg_reg before the cap.
+    per_copy = opt.lambdas(stacked).mean(dim=(1, 2))
+    assert (per_copy <= -4.0 + 1e-5).all()

@@ -150,13 +150,19 @@ class RegularizedOptimizer(Optimizer):
         If this wrapper was built with ``params=None`` (regularize every weight), the new
         group's parameters with ``ndim >= 2`` are regularized too, with the default settings.
         """
-        self.optimizer.add_param_group(param_group)
+        param_group = dict(param_group)
+        params = param_group["params"]
+        param_group["params"] = [params] if isinstance(params, torch.Tensor) else list(params)
+        new_group = None
         if self._regularize_new_groups:
-            new = [p for p in self.optimizer.param_groups[-1]["params"] if p.ndim >= 2]
+            new = [p for p in param_group["params"] if isinstance(p, torch.Tensor) and p.ndim >= 2]
             if new:
-                group = {"params": new, **self.reg_defaults}
-                self._check_params([group], self.optimizer, already=self._regularized_ids())
-                self.reg_groups.append(group)
+                new_group = {"params": new, **self.reg_defaults}
+                self.validate_group(new_group)
+        self.optimizer.add_param_group(param_group)
+        if new_group is not None:
+            self._check_params([new_group], self.optimizer, already=self._regularized_ids())
+            self.reg_groups.append(new_group)
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """Run the regularization pass around one step of the inner optimizer."""
@@ -190,6 +196,8 @@ class RegularizedOptimizer(Optimizer):
         if params is None:
             chosen = [p for g in optimizer.param_groups for p in g["params"] if p.ndim >= 2]
             groups = [{"params": chosen, **reg_defaults}] if chosen else []
+            for group in groups:
+                self.validate_group(group)
         else:
             if isinstance(params, torch.Tensor):
                 raise TypeError(

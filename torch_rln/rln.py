@@ -66,6 +66,13 @@ def max_exponent(dtype: torch.dtype) -> float:
     return float(math.floor(math.log(torch.finfo(dtype).max)))
 
 
+def _mean(lam: Tensor, batch_dims: int) -> Tensor:
+    """The mean of ``lam`` over the whole tensor, or per index of its ``batch_dims`` leading dims."""
+    if batch_dims == 0:
+        return lam.mean()
+    return lam.mean(dim=tuple(range(batch_dims, lam.ndim)), keepdim=True)
+
+
 def _finite_copy(tensor: Tensor, dtype: torch.dtype) -> Tensor:
     """``tensor`` in ``dtype`` with NaN and +-Inf replaced by 0 (a new tensor)."""
     return torch.nan_to_num(tensor.detach(), nan=0.0, posinf=0.0, neginf=0.0).to(dtype)
@@ -81,6 +88,7 @@ def _single_tensor_rln(
     avg_reg: float,
     reg_lr: float,
     first_step: bool,
+    batch_dims: int = 0,
 ) -> None:
     """One RLN update, tensor by tensor, in the plain form of the equations.
 
@@ -95,7 +103,7 @@ def _single_tensor_rln(
         if not first_step:
             assert prevs is not None
             lam.add_((prevs[i] - w) * r_prev, alpha=reg_lr)  # lam -= nu * delta * r_prev
-            lam.sub_(lam.mean() - avg_reg)  # lam += Theta - mean(lam)
+            lam.sub_(_mean(lam, batch_dims) - avg_reg)  # lam += Theta - mean(lam)
         d = torch.sign(w) if norm == 1 else 2 * w
         cap = torch.log(torch.abs(w / d))  # NaN where w == 0 (0/0): no cap there
         bound = lam >= cap  # False against NaN
@@ -116,6 +124,7 @@ def _multi_tensor_rln(
     avg_reg: float,
     reg_lr: float,
     first_step: bool,
+    batch_dims: int = 0,
 ) -> None:
     """The same update as :func:`_single_tensor_rln`, with foreach ops per device and dtype.
 
@@ -138,7 +147,7 @@ def _multi_tensor_rln(
             torch._foreach_sub_(neg_delta, ws)
             torch._foreach_mul_(neg_delta, device_r_prevs)
             torch._foreach_add_(device_lams, neg_delta, alpha=reg_lr)  # lam -= nu * delta * r_prev
-            excess = [lam.mean() for lam in device_lams]
+            excess = [_mean(lam, batch_dims) for lam in device_lams]
             torch._foreach_sub_(excess, avg_reg)
             torch._foreach_sub_(device_lams, excess)  # lam += Theta - mean(lam)
 
@@ -184,6 +193,7 @@ def rln_update(
     avg_reg: float,
     reg_lr: float,
     first_step: bool,
+    batch_dims: int = 0,
     foreach: bool = True,
 ) -> None:
     """Functional RLN update (see the module docstring for the equations).
@@ -195,7 +205,10 @@ def rln_update(
     ``avg_reg``.
     """
     fn = _multi_tensor_rln if foreach else _single_tensor_rln
-    fn(params, prevs, lams, r_prevs, norm=norm, avg_reg=avg_reg, reg_lr=reg_lr, first_step=first_step)
+    fn(
+        params, prevs, lams, r_prevs,
+        norm=norm, avg_reg=avg_reg, reg_lr=reg_lr, first_step=first_step, batch_dims=batch_dims,
+    )
 
 
 class RLNOptimizer(RegularizedOptimizer):
@@ -219,6 +232,9 @@ class RLNOptimizer(RegularizedOptimizer):
             ``avg_reg``).
         reg_lr: :math:`\nu \ge 0`, the coefficients' learning rate (paper: nu; Keras
             callback: ``learning_rate``).
+        batch_dims: the number of leading dimensions that index independent copies of the
+            weight, e.g. an ensemble stacked for ``torch.func.vmap`` or a batched matmul:
+            the mean projection then runs per copy. 0 (default): one tensor, one mean.
         foreach: use the foreach implementation (default) rather than the per-tensor one.
         compile: run the update through ``torch.compile(fullgraph=True)``; the first step
             then pays the compile time (tens of seconds on a small CPU).
@@ -234,7 +250,7 @@ class RLNOptimizer(RegularizedOptimizer):
     optimizers skip it: no shrink, no coefficient update.
     """
 
-    group_defaults = {"norm": 1, "avg_reg": -7.5, "reg_lr": 6e5}
+    group_defaults = {"norm": 1, "avg_reg": -7.5, "reg_lr": 6e5, "batch_dims": 0}
     state_key = "rln"
 
     def __init__(
@@ -245,12 +261,15 @@ class RLNOptimizer(RegularizedOptimizer):
         norm: int = 1,
         avg_reg: float = -7.5,
         reg_lr: float = 6e5,
+        batch_dims: int = 0,
         foreach: bool | None = None,
         compile: bool = False,
     ) -> None:
         if foreach is not None and not isinstance(foreach, bool):
             raise TypeError(f"Invalid foreach: {foreach!r} (expected True, False or None)")
-        super().__init__(optimizer, params, {"norm": norm, "avg_reg": avg_reg, "reg_lr": reg_lr})
+        super().__init__(
+            optimizer, params, {"norm": norm, "avg_reg": avg_reg, "reg_lr": reg_lr, "batch_dims": batch_dims}
+        )
         self.foreach = True if foreach is None else foreach
         self.compile = bool(compile)
         self._update_fn = None
@@ -263,6 +282,15 @@ class RLNOptimizer(RegularizedOptimizer):
         reg_lr = check_finite("reg_lr", group["reg_lr"])
         if reg_lr < 0:
             raise ValueError(f"Invalid reg_lr: {group['reg_lr']!r} (expected >= 0)")
+        batch_dims = group["batch_dims"]
+        if isinstance(batch_dims, bool) or not isinstance(batch_dims, int) or batch_dims < 0:
+            raise ValueError(f"Invalid batch_dims: {batch_dims!r} (expected an int >= 0)")
+        for p in group.get("params", ()):
+            if isinstance(p, Tensor) and p.ndim <= batch_dims:
+                raise ValueError(
+                    f"Invalid batch_dims: {batch_dims} for a tensor of shape {tuple(p.shape)} "
+                    "(it needs at least one dimension beyond the batch dimensions)"
+                )
 
     def validate_state(self, index: int, tensors: dict[str, Tensor]) -> None:
         missing = {"lam", "r_prev"} - set(tensors)
@@ -292,7 +320,7 @@ class RLNOptimizer(RegularizedOptimizer):
     def after_inner_step(self, prevs: dict[Tensor, Tensor]) -> None:
         update = self._update()
         for group in self.reg_groups:
-            settings = {k: group[k] for k in ("norm", "avg_reg", "reg_lr")}
+            settings = {k: group[k] for k in self.group_defaults}
             stepped = [p for p in group["params"] if p.grad is not None]
             new = [p for p in stepped if p not in self.reg_state]
             old = [p for p in stepped if p in self.reg_state]
