@@ -128,11 +128,17 @@ def _multi_tensor_rln(
 ) -> None:
     """The same update as :func:`_single_tensor_rln`, with foreach ops per device and dtype.
 
-    There is no foreach ``where``; the masks are formed exactly in arithmetic instead:
-    ``|sign(w)|`` is 1 where ``w != 0`` and 0 where ``w == 0``, so
-    ``log(|w| + 1 - |sign w|) - log|sign w|`` is ``log|w|`` exactly where ``w != 0``
-    and ``+inf`` (no cap) where ``w == 0``; ``sign(max(cap - lam, 0))`` is 1 where the
-    cap does not bind and 0 where it does. The results equal the per-tensor path's.
+    ``where`` and comparisons are slow on CPU (a ``torch.where`` costs ten multiplies) and
+    have no foreach form, so the masks are formed exactly in arithmetic, and temporaries
+    are reused in place (a fresh large tensor costs page faults):
+
+    * ``m = |sign w| - 1`` is 0 where ``w != 0`` and -1 where ``w == 0``;
+    * ``cap = log(|w| - m) - m * MAX`` is ``log|w|`` exactly where ``w != 0`` and the
+      largest float (no cap) where ``w == 0``; for norm 2, ``log(0.5) - m * MAX``;
+    * ``free = sign(max(cap - lam, 0))`` is 1 where the cap does not bind and 0 where it does;
+    * ``r = d exp(lam) free + w (1 - free)`` is ``w`` exactly where the cap binds.
+
+    The results equal the per-tensor path's.
     """
     tensor_lists: list[list[Any]] = [params, lams, r_prevs]
     if not first_step:
@@ -141,45 +147,48 @@ def _multi_tensor_rln(
     grouped = _group_tensors_by_device_and_dtype(tensor_lists)
     for (device_params, device_lams, device_r_prevs, *rest), _ in grouped.values():
         sdtype = device_lams[0].dtype
+        largest = torch.finfo(sdtype).max
         ws = [_finite_copy(p, sdtype) for p in device_params]
         if not first_step:
-            neg_delta = rest[0]  # w_prev, overwritten in place with w_prev - w'
-            torch._foreach_sub_(neg_delta, ws)
-            torch._foreach_mul_(neg_delta, device_r_prevs)
-            torch._foreach_add_(device_lams, neg_delta, alpha=reg_lr)  # lam -= nu * delta * r_prev
+            scratch = rest[0]  # w_prev, overwritten in place with w_prev - w'
+            torch._foreach_sub_(scratch, ws)
+            torch._foreach_mul_(scratch, device_r_prevs)
+            torch._foreach_add_(device_lams, scratch, alpha=reg_lr)  # lam -= nu * delta * r_prev
             excess = [_mean(lam, batch_dims) for lam in device_lams]
             torch._foreach_sub_(excess, avg_reg)
             torch._foreach_sub_(device_lams, excess)  # lam += Theta - mean(lam)
 
-        signs = torch._foreach_sign(ws)
-        nonzero = torch._foreach_abs(signs)  # 1 where w != 0, 0 where w == 0
-        log_nonzero = torch._foreach_log(nonzero)  # 0 where w != 0, -inf where w == 0
+        d = torch._foreach_sign(ws)
+        m = torch._foreach_abs(d)
+        torch._foreach_sub_(m, 1.0)  # 0 where w != 0, -1 where w == 0
         if norm == 1:
-            d = signs
-            zero = torch._foreach_neg(nonzero)
-            torch._foreach_add_(zero, 1.0)
             cap = torch._foreach_abs(ws)
-            torch._foreach_add_(cap, zero)
+            torch._foreach_sub_(cap, m)
             torch._foreach_log_(cap)
         else:
-            d = torch._foreach_mul(ws, 2.0)
-            cap = torch._foreach_mul(nonzero, 0.0)
+            torch._foreach_copy_(d, ws)  # reuse: d = 2 w'
+            torch._foreach_mul_(d, 2.0)
+            cap = torch._foreach_mul(m, 0.0)
             torch._foreach_add_(cap, _LOG_HALF)
-        torch._foreach_sub_(cap, log_nonzero)  # log|w/d|, or +inf where w == 0
+        torch._foreach_add_(cap, m, alpha=-largest)  # log|w/d|, or no cap where w == 0
 
-        free = torch._foreach_sub(cap, device_lams)
+        free = m  # reuse: 1 where lam < cap, 0 where the cap binds
+        torch._foreach_copy_(free, cap)
+        torch._foreach_sub_(free, device_lams)
         torch._foreach_clamp_min_(free, 0.0)
-        torch._foreach_sign_(free)  # 1 where lam < cap, 0 where the cap binds
-        torch._foreach_minimum_(device_lams, cap)
+        torch._foreach_sign_(free)
+        torch._foreach_minimum_(device_lams, cap)  # lam = min(lam, cap)
 
-        r = torch._foreach_clamp_max(device_lams, max_exponent(sdtype))
+        r = device_r_prevs  # reuse: r_prev is spent; it becomes this step's shrink
+        torch._foreach_copy_(r, device_lams)
+        torch._foreach_clamp_max_(r, max_exponent(sdtype))
         torch._foreach_exp_(r)
         torch._foreach_mul_(r, d)
         torch._foreach_mul_(r, free)
-        bound = torch._foreach_neg(free)
+        bound = free  # reuse: 1 - free
+        torch._foreach_neg_(bound)
         torch._foreach_add_(bound, 1.0)
         torch._foreach_addcmul_(r, ws, bound)  # r = w' exactly where the cap binds
-        torch._foreach_copy_(device_r_prevs, r)
         torch._foreach_sub_(device_params, r)
 
 
