@@ -57,7 +57,7 @@ class RegularizedOptimizer(Optimizer):
     * ``state_key``: the prefix of the wrapper's per-parameter keys in ``state_dict()``
       and the name of the top-level key that holds its groups;
     * ``validate_group(group)``: raise ``ValueError`` naming any bad value;
-    * ``before_inner_step()`` / ``after_inner_step(context)``: the regularization pass;
+    * ``before_inner_step(has_closure)`` / ``after_inner_step(context)``: the regularization pass;
       optionally ``wrap_closure(closure)``.
 
     Skips ``Optimizer.__init__`` on purpose (it would build param groups of its own),
@@ -106,8 +106,11 @@ class RegularizedOptimizer(Optimizer):
     def validate_group(self, group: dict[str, Any]) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def before_inner_step(self) -> Any:
-        """Runs under ``no_grad`` before the inner step; its result goes to ``after_inner_step``."""
+    def before_inner_step(self, has_closure: bool) -> Any:
+        """Runs under ``no_grad`` before the inner step; its result goes to ``after_inner_step``.
+
+        ``has_closure``: the step was given a closure, so the gradients are yet to come.
+        """
         return None
 
     def after_inner_step(self, context: Any) -> None:
@@ -167,7 +170,7 @@ class RegularizedOptimizer(Optimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """Run the regularization pass around one step of the inner optimizer."""
         with torch.no_grad():
-            context = self.before_inner_step()
+            context = self.before_inner_step(closure is not None)
         if closure is None:
             loss = self.optimizer.step()
         else:

@@ -317,7 +317,7 @@ class RLNOptimizer(RegularizedOptimizer):
             return torch.full_like(param, group["avg_reg"], dtype=state_dtype(param.dtype))
         return state["lam"].clone()
 
-    def before_inner_step(self) -> dict[Tensor, Tensor]:
+    def before_inner_step(self, has_closure: bool) -> dict[Tensor, Tensor]:
         """Copy the weights that already have RLN state: they are :math:`w_{\\text{prev}}`."""
         return {
             p: _finite_copy(p, self.reg_state[p]["lam"].dtype)

@@ -1,0 +1,431 @@
+r"""RMS-norm regularization (the RMSLN experiment) as an optimizer wrapper.
+
+The penalty, over the regularized weight tensors :math:`W_l`:
+
+.. math::
+
+    R(W) = \lambda \sum_l \big(\operatorname{rms}(W_l) - \tau\big)^2, \qquad
+    \operatorname{rms}(W) = \frac{\lVert W \rVert_2}{\sqrt{n}} \quad (n = \text{numel}(W))
+
+and its gradient, tensor by tensor:
+
+.. math::
+
+    \frac{\partial R}{\partial W} = \frac{2 \lambda (\operatorname{rms} - \tau)}{\sqrt{n}}
+        \cdot \frac{W}{\lVert W \rVert_2}
+    = \frac{2 \lambda (\operatorname{rms} - \tau)}{n \operatorname{rms}}\, W,
+    \qquad 0 \text{ where } \operatorname{rms} = 0.
+
+Names: :math:`\lambda` is ``reg_lambda``, :math:`\tau` is ``target`` (1.0 in the
+experiment). :func:`rms_penalty` computes :math:`R` (differentiable, for the loss or for
+logging), :func:`rms_penalty_grad` its gradient, :func:`rmsln_update` the in-place
+update the wrapper runs, and :class:`RMSLNWrapper` applies it around any optimizer.
+
+Numerics:
+
+* The gradient is computed as autograd computes it for :func:`rms_penalty`: the
+  coefficient :math:`2\lambda(\operatorname{rms}-\tau)/\sqrt{n}` is a 0-d tensor, and
+  the weights are divided by their norm elementwise (each quotient is at most 1 in
+  magnitude, so a tiny, even subnormal, norm cannot overflow). Where the norm is 0
+  (including a norm that underflows to 0) the gradient is exactly 0, never NaN.
+* Norms and the update run in float32 for float16/bfloat16 weights (in the weights'
+  dtype otherwise); the result is rounded once into the gradient or weight. This takes a
+  float32 copy of such weights for the duration of the update.
+* Empty tensors are ignored: no gradient, no penalty term.
+* No host sync: all per-tensor quantities stay 0-d tensors on the weights' device.
+
+There is no persistent state: everything is recomputed from the weights at each step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
+
+from ._wrapper import RegularizedOptimizer, check_finite, state_dtype
+
+__all__ = ["RMSLNWrapper", "rms_penalty", "rms_penalty_grad", "rmsln_update"]
+
+Alpha = float | Tensor
+
+
+def _check_settings(reg_lambda: Any, target: Any) -> tuple[float, float]:
+    """``(reg_lambda, target)`` as floats, or ``ValueError`` naming a bad one."""
+    values = []
+    for name, value in (("reg_lambda", reg_lambda), ("target", target)):
+        number = check_finite(name, value)
+        if number < 0:
+            raise ValueError(f"Invalid {name}: {value!r} (expected >= 0)")
+        values.append(number)
+    return values[0], values[1]
+
+
+def _single_tensor_rmsln(
+    params: list[Tensor],
+    outs: list[Tensor],
+    *,
+    reg_lambdas: list[float],
+    targets: list[float],
+    alphas: list[Alpha] | None,
+) -> list[Tensor]:
+    """``outs[i] += alphas[i] * dR/dW_i``, tensor by tensor, in the plain form of the equations.
+
+    ``params`` must be non-empty; ``outs[i]`` is shaped like ``params[i]`` (it may be
+    ``params[i]`` itself); ``alphas`` None means 1. Returns the rms of each tensor (0-d,
+    in the compute dtype, on its device).
+    """
+    rms_list = []
+    for i, param in enumerate(params):
+        w = param.detach().to(state_dtype(param.dtype))
+        sqrt_n = math.sqrt(w.numel())
+        norm = torch.linalg.vector_norm(w)
+        rms = norm / sqrt_n
+        coef = reg_lambdas[i] * (2.0 * (rms - targets[i])) / sqrt_n
+        if alphas is not None:
+            coef = coef * alphas[i]
+        nonzero = norm != 0
+        grad = torch.where(nonzero, w / torch.where(nonzero, norm, 1.0) * coef, 0.0)
+        outs[i].add_(grad)
+        rms_list.append(rms)
+    return rms_list
+
+
+def _multi_tensor_rmsln(
+    params: list[Tensor],
+    outs: list[Tensor],
+    *,
+    reg_lambdas: list[float],
+    targets: list[float],
+    alphas: list[Alpha] | None,
+) -> list[Tensor]:
+    """The same update as :func:`_single_tensor_rmsln`, with foreach ops per device and dtype.
+
+    One ``_foreach_norm`` per (device, dtype) bucket. The zero-norm mask is formed in
+    arithmetic (there is no foreach ``where``): ``sign(norm)`` is 1 where the norm is
+    positive and 0 where it is 0; the weights are divided by ``norm + (1 - sign(norm))``
+    (the norm itself, or 1 where it is 0) and the coefficient is multiplied by
+    ``sign(norm)``. The results equal the per-tensor path's.
+    """
+    if torch.compiler.is_compiling():
+        # Inductor groups by device and dtype itself (as torch.optim does).
+        grouped = {(None, None): ((params, outs), list(range(len(params))))}
+    else:
+        grouped = _group_tensors_by_device_and_dtype([params, outs], with_indices=True)
+    rms_list: list[Tensor | None] = [None] * len(params)
+    for (device_params, device_outs), indices in grouped.values():
+        ws = [p.detach().to(state_dtype(p.dtype)) for p in device_params]
+        sqrt_ns = [math.sqrt(w.numel()) for w in ws]
+        norms = torch._foreach_norm(ws)
+        rms = torch._foreach_div(norms, sqrt_ns)
+
+        coefs = torch._foreach_sub(rms, [targets[i] for i in indices])
+        torch._foreach_mul_(coefs, [2.0 * reg_lambdas[i] for i in indices])
+        torch._foreach_div_(coefs, sqrt_ns)  # 2 lambda (rms - target) / sqrt(n)
+        if alphas is not None:
+            device_alphas = [alphas[i] for i in indices]
+            if any(isinstance(a, Tensor) for a in device_alphas):
+                device_alphas = [
+                    torch.as_tensor(a).to(device=w.device, dtype=w.dtype) for a, w in zip(device_alphas, ws)
+                ]
+            torch._foreach_mul_(coefs, device_alphas)
+        nonzero = torch._foreach_sign(norms)  # 1 where norm > 0, 0 where norm == 0
+        torch._foreach_mul_(coefs, nonzero)
+        safe_norms = torch._foreach_neg(nonzero)
+        torch._foreach_add_(safe_norms, 1.0)
+        torch._foreach_add_(safe_norms, norms)  # the norm, or 1 where it is 0
+
+        grads = torch._foreach_div(ws, safe_norms)
+        torch._foreach_mul_(grads, coefs)
+        torch._foreach_add_(device_outs, grads)
+        for i, r in zip(indices, rms):
+            rms_list[i] = r
+    return rms_list  # type: ignore[return-value]
+
+
+def _as_list(name: str, value: float | Sequence[float], n: int) -> list[float]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [float(value)] * n
+    values = list(value)  # type: ignore[arg-type]
+    if len(values) != n:
+        raise ValueError(f"{name} has {len(values)} entries for {n} tensors")
+    return values
+
+
+def rmsln_update(
+    params: list[Tensor],
+    outs: list[Tensor],
+    *,
+    reg_lambdas: float | Sequence[float],
+    targets: float | Sequence[float] = 1.0,
+    alphas: Sequence[Alpha] | None = None,
+    foreach: bool = True,
+) -> list[Tensor | None]:
+    r"""Functional RMSLN update: ``outs[i] += alphas[i] * dR/dW_i`` in place.
+
+    ``outs`` are the gradients (coupled mode, ``alphas`` None meaning 1) or the
+    parameters themselves (decoupled mode, ``alphas[i] = -lr``, a float or a 0-d
+    tensor). ``reg_lambdas`` and ``targets`` are per tensor, or one value for all.
+    Runs under ``no_grad`` in the wrapper; call it under ``torch.no_grad()`` yourself.
+
+    Returns the rms of each tensor (a 0-d tensor in the compute dtype: float32 at
+    least), or None for an empty tensor, which is left alone.
+    """
+    n = len(params)
+    if len(outs) != n:
+        raise ValueError(f"rmsln_update: {n} params but {len(outs)} outs")
+    lams = _as_list("reg_lambdas", reg_lambdas, n)
+    tgts = _as_list("targets", targets, n)
+    alpha_list = None if alphas is None else list(alphas)
+    if alpha_list is not None and len(alpha_list) != n:
+        raise ValueError(f"alphas has {len(alpha_list)} entries for {n} tensors")
+    keep = [i for i, p in enumerate(params) if p.numel() > 0]
+    fn = _multi_tensor_rmsln if foreach else _single_tensor_rmsln
+    rms = fn(
+        [params[i] for i in keep],
+        [outs[i] for i in keep],
+        reg_lambdas=[lams[i] for i in keep],
+        targets=[tgts[i] for i in keep],
+        alphas=None if alpha_list is None else [alpha_list[i] for i in keep],
+    )
+    result: list[Tensor | None] = [None] * n
+    for i, r in zip(keep, rms):
+        result[i] = r
+    return result
+
+
+def _penalty_from_rms(rms: Iterable[Tensor], reg_lambda: float, target: float) -> Tensor | None:
+    """``reg_lambda * sum((rms - target) ** 2)``, the penalty of one group; None if empty."""
+    total = None
+    for r in rms:
+        term = (r - target) ** 2
+        total = term if total is None else total + term
+    return None if total is None else reg_lambda * total
+
+
+def rms_penalty(params: Iterable[Tensor], reg_lambda: float, target: float = 1.0) -> Tensor:
+    r"""The penalty :math:`R = \lambda \sum_l (\operatorname{rms}(W_l) - \tau)^2` (differentiable).
+
+    Computed in float32 at least (float64 if a tensor is float64); empty tensors add
+    nothing. Add it to the loss to train with the penalty through autograd (the same
+    training as :class:`RMSLNWrapper` in its default, coupled mode), or log it.
+    """
+    reg_lambda, target = _check_settings(reg_lambda, target)
+    rms = [
+        torch.linalg.vector_norm(p.to(state_dtype(p.dtype))) / math.sqrt(p.numel())
+        for p in params
+        if p.numel() > 0
+    ]
+    total = _penalty_from_rms(rms, reg_lambda, target)
+    return torch.zeros(()) if total is None else total
+
+
+def rms_penalty_grad(
+    params: Iterable[Tensor], reg_lambda: float, target: float = 1.0, *, foreach: bool = True
+) -> list[Tensor]:
+    r"""The gradient :math:`\partial R / \partial W_l` of :func:`rms_penalty`, one new tensor per input.
+
+    Each gradient has its tensor's dtype (computed in float32 at least) and is exactly 0
+    where the tensor's rms is 0.
+    """
+    reg_lambda, target = _check_settings(reg_lambda, target)
+    params = [p.detach() for p in params]
+    grads = [torch.zeros_like(p, dtype=state_dtype(p.dtype)) for p in params]
+    with torch.no_grad():
+        rmsln_update(params, grads, reg_lambdas=reg_lambda, targets=target, foreach=foreach)
+    return [g.to(p.dtype) for g, p in zip(grads, params)]
+
+
+class RMSLNWrapper(RegularizedOptimizer):
+    r"""Wrap any ``torch.optim`` optimizer with the RMS-norm penalty
+    :math:`R(W) = \lambda \sum_l (\operatorname{rms}(W_l) - \tau)^2`.
+
+    Two modes:
+
+    * coupled (``decoupled=False``, the default): before each inner step,
+      :math:`\partial R/\partial W` is added to ``.grad``, so training is the same as
+      adding :func:`rms_penalty` to the loss: the penalty's gradient goes through the
+      inner optimizer (Adam's scaling, momentum, ...). With a closure (LBFGS), the
+      closure is wrapped: it runs the user's closure, adds the penalty's gradient to
+      ``.grad`` and returns ``loss + R(W)``, so a line search sees the regularized
+      objective.
+    * decoupled (``decoupled=True``): after each inner step,
+      :math:`W \leftarrow W - \text{lr}\,\partial R/\partial W`, with the gradient taken
+      at the weights the inner step produced and ``lr`` the current learning rate of the
+      inner param group that holds :math:`W` (a float or a tensor; LR schedulers drive
+      it). The penalty bypasses the inner optimizer's scaling and momentum, as AdamW's
+      weight decay bypasses Adam's.
+
+    Args:
+        optimizer: the inner optimizer; it keeps its own parameters, hyperparameters and
+            state, and LR schedulers given this wrapper drive it.
+        params: the tensors to regularize, or dicts ``{"params": [...], "reg_lambda":
+            ..., "target": ...}`` with per-group settings; each must be a parameter of
+            ``optimizer``. ``None`` (default): every parameter of ``optimizer`` with
+            ``ndim >= 2`` (and those of groups added later with ``add_param_group``).
+        reg_lambda: :math:`\lambda \ge 0`, the penalty's weight. Default ``1e-4``: with
+            rms near 1 it keeps the penalty small beside a typical loss.
+        target: :math:`\tau \ge 0`, the rms each tensor is pulled toward (1.0, as in the
+            experiment).
+        decoupled: the mode (for the whole wrapper, not per group); see above. Needs an
+            ``"lr"`` in the inner param group of every regularized parameter.
+        foreach: use the foreach implementation (default) rather than the per-tensor one.
+        compile: run the update through ``torch.compile(fullgraph=True)``; the first step
+            then pays the compile time.
+
+    Example::
+
+        opt = RMSLNWrapper(torch.optim.Adam(model.parameters(), lr=1e-3), reg_lambda=1e-4)
+        opt.zero_grad(); loss.backward(); opt.step()
+        opt.penalty()  # R(W), differentiable, for logging
+
+    A parameter whose ``.grad`` is None at the step is skipped, as torch optimizers
+    (and their weight decay) skip it. The wrapper keeps no state tensors.
+    """
+
+    group_defaults = {"reg_lambda": 1e-4, "target": 1.0}
+    state_key = "rmsln"
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        params=None,
+        *,
+        reg_lambda: float = 1e-4,
+        target: float = 1.0,
+        decoupled: bool = False,
+        foreach: bool | None = None,
+        compile: bool = False,
+    ) -> None:
+        if not isinstance(decoupled, bool):
+            raise TypeError(f"Invalid decoupled: {decoupled!r} (expected True or False)")
+        if foreach is not None and not isinstance(foreach, bool):
+            raise TypeError(f"Invalid foreach: {foreach!r} (expected True, False or None)")
+        super().__init__(optimizer, params, {"reg_lambda": reg_lambda, "target": target})
+        self.decoupled = decoupled
+        if decoupled:
+            self._check_lr(self.param_groups, self._regularized_ids())
+        self.foreach = True if foreach is None else foreach
+        self.compile = bool(compile)
+        self._update_fn = None
+
+    def validate_group(self, group: dict[str, Any]) -> None:
+        _check_settings(group["reg_lambda"], group["target"])
+
+    def validate_state(self, index: int, tensors: dict[str, Tensor]) -> None:
+        raise ValueError(
+            f"RMSLNWrapper keeps no per-parameter state, but the state_dict holds "
+            f"{sorted(f'{self.state_key}_{k}' for k in tensors)} for parameter {index}"
+        )
+
+    @staticmethod
+    def _check_lr(param_groups: list[dict[str, Any]], ids: set[int]) -> None:
+        for k, group in enumerate(param_groups):
+            if "lr" not in group and any(id(p) in ids for p in group["params"]):
+                raise ValueError(
+                    f"RMSLNWrapper(decoupled=True) scales its update by the inner learning rate, "
+                    f"but inner param group {k} has no 'lr' (its keys: {sorted(group)})"
+                )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if self.decoupled and self._regularize_new_groups and "lr" not in param_group and "lr" not in self.defaults:
+            raise ValueError(
+                "RMSLNWrapper(decoupled=True) scales its update by the inner learning rate, "
+                f"but the new param group has no 'lr' (its keys: {sorted(param_group)})"
+            )
+        super().add_param_group(param_group)
+
+    # ------------------------------------------------------------------ the penalty
+    def penalty(self) -> Tensor:
+        """:math:`R(W)` over every regularized tensor, with each group's settings (differentiable)."""
+        total = torch.zeros(())
+        for group in self.reg_groups:
+            total = total + rms_penalty(group["params"], group["reg_lambda"], group["target"])
+        return total
+
+    def _apply(self, want_penalty: bool = False) -> Tensor | None:
+        """Add ``dR/dW`` to the grads (coupled) or ``-lr dR/dW`` to the weights (decoupled).
+
+        Runs on the regularized parameters that have a ``.grad``; with ``want_penalty``,
+        returns :math:`R(W)` over every regularized tensor (from the same norms).
+        """
+        params, lams, tgts = [], [], []
+        for group in self.reg_groups:
+            for p in group["params"]:
+                if p.grad is not None and p.numel() > 0:
+                    params.append(p)
+                    lams.append(float(group["reg_lambda"]))
+                    tgts.append(float(group["target"]))
+        alphas = None
+        if self.decoupled and params:
+            wanted = {id(p) for p in params}
+            neg_lr_of: dict[int, Alpha] = {}
+            for k, group in enumerate(self.param_groups):
+                held = [p for p in group["params"] if id(p) in wanted and id(p) not in neg_lr_of]
+                if not held:
+                    continue
+                if "lr" not in group:
+                    self._check_lr([group], wanted)
+                neg_lr = -group["lr"]  # a float, or a new tensor (once per group)
+                for p in held:
+                    neg_lr_of[id(p)] = neg_lr
+            alphas = [neg_lr_of[id(p)] for p in params]
+        rms: list[Tensor] = []
+        if params:
+            outs = params if self.decoupled else [p.grad for p in params]
+            rms = self._update()(params, outs, reg_lambdas=lams, targets=tgts, alphas=alphas)
+        if not want_penalty:
+            return None
+        rms_of = {id(p): r for p, r in zip(params, rms)}
+        total = None
+        for group in self.reg_groups:
+            group_rms = []
+            for p in group["params"]:
+                if p.numel() == 0:
+                    continue
+                r = rms_of.get(id(p))
+                if r is None:  # no grad: the norm was not computed above
+                    r = torch.linalg.vector_norm(p.to(state_dtype(p.dtype))) / math.sqrt(p.numel())
+                group_rms.append(r)
+            term = _penalty_from_rms(group_rms, float(group["reg_lambda"]), float(group["target"]))
+            if term is not None:
+                total = term if total is None else total + term
+        return torch.zeros(()) if total is None else total
+
+    def _update(self) -> Callable[..., list[Tensor]]:
+        if self._update_fn is None:
+            fn = _multi_tensor_rmsln if self.foreach else _single_tensor_rmsln
+            self._update_fn = torch.compile(fn, fullgraph=True) if self.compile else fn
+        return self._update_fn
+
+    # ------------------------------------------------------------------ the regularization pass
+    def before_inner_step(self, has_closure: bool) -> None:
+        # With a closure the gradients are yet to come: wrap_closure adds the penalty's.
+        if not self.decoupled and not has_closure:
+            self._apply()
+
+    def after_inner_step(self, context: Any) -> None:
+        if self.decoupled:
+            self._apply()
+
+    def wrap_closure(self, closure: Callable[[], Any]) -> Callable[[], Any]:
+        if self.decoupled:
+            return closure
+
+        def regularized_closure() -> Any:
+            loss = closure()
+            with torch.no_grad():
+                penalty = self._apply(want_penalty=True)
+            return None if loss is None else loss + penalty
+
+        return regularized_closure
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_update_fn"] = None  # a compiled function does not pickle
+        return state
