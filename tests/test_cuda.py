@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from torch_rln import RLNOptimizer
+from torch_rln import RLNOptimizer, RMSLNWrapper
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -43,3 +43,25 @@ def test_cuda_step_has_no_host_sync():
     # Inner SGD: its own step syncs nothing, so any sync would be the wrapper's.
     model, opt = train("cuda", True, steps=5, sync_check=True, inner=torch.optim.SGD)
     assert (model[0].weight == 0).any()
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_cuda_rmsln_foreach_equals_per_tensor_without_host_sync(decoupled):
+    results = []
+    for foreach in (True, False):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(40, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1)).cuda()
+        opt = RMSLNWrapper(torch.optim.SGD(model.parameters(), lr=1e-2), reg_lambda=1e-2,
+                           decoupled=decoupled, foreach=foreach)
+        x = torch.randn(128, 40, device="cuda")
+        for _ in range(10):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), x[:, :1]).backward()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                opt.step()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        results.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -6,7 +6,7 @@ Skipped when the framework is not installed (the `test` extra installs both).
 import pytest
 import torch
 
-from torch_rln import RLNOptimizer
+from torch_rln import RLNOptimizer, RMSLNWrapper
 
 
 def tabular_data(n=64, seed=0):
@@ -82,3 +82,33 @@ def test_accelerate_prepare_and_train():
     assert opt.optimizer.param_groups[0]["lr"] < 0.05  # the scheduler reached the inner optimizer
     state = p_opt.state_dict()
     assert "rln_groups" in state and "rln_lam" in state["state"][0]
+
+
+def test_lightning_trainer_with_nested_wrappers():
+    pl = pytest.importorskip("pytorch_lightning")
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+
+        def training_step(self, batch, _):
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.net(x), y)
+
+        def configure_optimizers(self):
+            inner = RLNOptimizer(torch.optim.Adam(self.parameters(), lr=1e-2), avg_reg=-5.0, reg_lr=1e4)
+            return RMSLNWrapper(inner, reg_lambda=1e-2)
+
+    torch.manual_seed(0)
+    module = Module()
+    start = module.net[2].weight.detach().clone()
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(module, torch.utils.data.DataLoader(tabular_data(), batch_size=8))
+    opt = trainer.optimizers[0]
+    assert isinstance(opt, RMSLNWrapper) and isinstance(opt.optimizer, RLNOptimizer)
+    assert (module.net[0].weight == 0).any()
+    assert not torch.equal(start, module.net[2].weight)
+    sd = opt.state_dict()
+    assert "rmsln_groups" in sd and "rln_groups" in sd and "rln_lam" in sd["state"][0]

@@ -24,6 +24,7 @@ conventions.
 from __future__ import annotations
 
 import math
+import numbers
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -35,12 +36,25 @@ __all__ = ["RegularizedOptimizer"]
 
 
 def check_finite(name: str, value: Any) -> float:
-    """Return ``value`` as a float, or raise ``ValueError`` naming it if it is not a finite number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"Invalid {name}: {value!r} (expected a finite number)")
-    if not math.isfinite(value):
+    """Return ``value`` as a Python float, or raise ``ValueError`` naming it if it is not
+    a finite real number (Python and NumPy numbers are accepted; bools and tensors are not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
         raise ValueError(f"Invalid {name}: {value!r} (expected a finite number)")
     return float(value)
+
+
+def check_int(name: str, value: Any, allowed: str) -> int:
+    """Return ``value`` as a Python int, or raise ``ValueError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"Invalid {name}: {value!r} (expected {allowed})")
+    return int(value)
+
+
+def _tensors_of(params: Any) -> list[Any]:
+    """The tensors of a param group's ``params``: a tensor, tensors, or (name, tensor) pairs."""
+    if isinstance(params, torch.Tensor):
+        return [params]
+    return [p[1] if isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) else p for p in params]
 
 
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -56,7 +70,8 @@ class RegularizedOptimizer(Optimizer):
     * ``group_defaults``: the regularization hyperparameters and their default values;
     * ``state_key``: the prefix of the wrapper's per-parameter keys in ``state_dict()``
       and the name of the top-level key that holds its groups;
-    * ``validate_group(group)``: raise ``ValueError`` naming any bad value;
+    * ``validate_group(group)``: raise ``ValueError`` naming any bad value, and turn the
+      good ones into plain Python numbers in place (so checkpoints stay weights_only-safe);
     * ``before_inner_step(has_closure)`` / ``after_inner_step(context)``: the regularization pass;
       optionally ``wrap_closure(closure)``.
 
@@ -158,13 +173,13 @@ class RegularizedOptimizer(Optimizer):
         param_group["params"] = [params] if isinstance(params, torch.Tensor) else list(params)
         new_group = None
         if self._regularize_new_groups:
-            new = [p for p in param_group["params"] if isinstance(p, torch.Tensor) and p.ndim >= 2]
+            new = [p for p in _tensors_of(param_group["params"]) if isinstance(p, torch.Tensor) and p.ndim >= 2]
             if new:
                 new_group = {"params": new, **self.reg_defaults}
                 self.validate_group(new_group)
+                self._check_params([new_group], self.optimizer, already=self._regularized_ids(), adding=new)
         self.optimizer.add_param_group(param_group)
         if new_group is not None:
-            self._check_params([new_group], self.optimizer, already=self._regularized_ids())
             self.reg_groups.append(new_group)
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
@@ -208,7 +223,9 @@ class RegularizedOptimizer(Optimizer):
                     f"{torch.typename(params)}: wrap it in a list"
                 )
             items = list(params)
-            if items and not all(isinstance(x, dict) for x in items):
+            if not items:
+                raise ValueError("params is empty: give the tensors to regularize, or None for every matrix")
+            if not all(isinstance(x, dict) for x in items):
                 if any(isinstance(x, dict) for x in items):
                     raise TypeError("params mixes tensors and dicts: give one or the other")
                 items = [{"params": items}]
@@ -217,8 +234,7 @@ class RegularizedOptimizer(Optimizer):
                 group = dict(item)
                 if "params" not in group:
                     raise ValueError(f"a regularization group has no 'params' key: {sorted(group)}")
-                ps = group["params"]
-                group["params"] = [ps] if isinstance(ps, torch.Tensor) else list(ps)
+                group["params"] = _tensors_of(group["params"])
                 unknown = set(group) - set(reg_defaults) - {"params"}
                 if unknown:
                     raise ValueError(
@@ -233,10 +249,11 @@ class RegularizedOptimizer(Optimizer):
         return groups
 
     @staticmethod
-    def _check_params(groups, optimizer, already: set[int]) -> None:
-        inner_index = {
-            id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])
-        }
+    def _check_params(groups, optimizer, already: set[int], adding: list[torch.Tensor] = ()) -> None:
+        """Check the tensors to regularize: strided real floating point, held by ``optimizer``
+        (or among ``adding``, about to join it), and not regularized yet."""
+        held = [p for g in optimizer.param_groups for p in g["params"]]
+        inner_index = {id(p): i for i, p in enumerate([*held, *adding])}
         seen = set(already)
         for group in groups:
             for p in group["params"]:
@@ -335,8 +352,9 @@ class RegularizedOptimizer(Optimizer):
                     f"{theirs} in the state_dict (here only: {only_ours}, saved only: {only_theirs})"
                 )
             settings = {key: saved.get(key, group[key]) for key in self.group_defaults}
-            self.validate_group(settings)
-            new_settings.append(settings)
+            checked = {**settings, "params": group["params"]}
+            self.validate_group(checked)
+            new_settings.append({key: checked[key] for key in self.group_defaults})
 
         regularized = {index[id(p)] for p in self.regularized_params()}
         prefix = f"{self.state_key}_"
@@ -377,7 +395,11 @@ class RegularizedOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ misc
     def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__
+        state = dict(self.__dict__)
+        # An LR scheduler patches ``step`` on the instance; like torch's optimizers, a copy
+        # or a pickle gets the class's own step, not a function bound to this object.
+        state.pop("step", None)
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

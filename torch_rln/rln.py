@@ -33,9 +33,10 @@ Numerics:
   ``exp`` overflows float32. The exponent is clamped below the overflow point of the
   state dtype, so ``0 * exp(lambda)`` is 0, never NaN.
 * Where the inner step produced NaN or +-Inf, the element counts as 0 for the coefficient
-  update: it adds no gradient term, its coefficient only follows the projection, its
-  shrink is 0, and the weight is left as the inner optimizer made it. No other
-  coefficient of the tensor is touched by it. This needs no host sync.
+  update: it adds no gradient term (on that step, and on the next, whose
+  :math:`w_{\text{prev}}` is non-finite), its coefficient only follows the projection,
+  its shrink is 0, and the weight is left as the inner optimizer made it. No other
+  coefficient of the tensor is touched by it beyond the projection. No host sync.
 * The coefficients and the previous shrink are kept in float32 for float16/bfloat16
   parameters (in the parameter's dtype otherwise); the update runs in that dtype.
 
@@ -54,7 +55,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
-from ._wrapper import RegularizedOptimizer, check_finite, state_dtype
+from ._wrapper import RegularizedOptimizer, check_finite, check_int, state_dtype
 
 __all__ = ["RLNOptimizer", "rln_update"]
 
@@ -75,7 +76,15 @@ def _mean(lam: Tensor, batch_dims: int) -> Tensor:
 
 def _finite_copy(tensor: Tensor, dtype: torch.dtype) -> Tensor:
     """``tensor`` in ``dtype`` with NaN and +-Inf replaced by 0 (a new tensor)."""
-    return torch.nan_to_num(tensor.detach(), nan=0.0, posinf=0.0, neginf=0.0).to(dtype)
+    if tensor.dtype != dtype:
+        tensor = tensor.to(dtype)
+        return torch.nan_to_num_(tensor, nan=0.0, posinf=0.0, neginf=0.0)
+    return torch.nan_to_num(tensor.detach(), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _drop_non_finite_(tensor: Tensor) -> Tensor:
+    """Set NaN and +-Inf entries to 0, in place."""
+    return torch.nan_to_num_(tensor, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _single_tensor_rln(
@@ -93,16 +102,17 @@ def _single_tensor_rln(
     """One RLN update, tensor by tensor, in the plain form of the equations.
 
     ``params`` hold :math:`w'` (after the inner step) and receive :math:`W`;
-    ``prevs`` are :math:`w_{\\text{prev}}` in the state dtype with non-finite values set
-    to 0 (unused, may be None, on the first step); ``lams`` and ``r_prevs`` are updated
-    in place.
+    ``prevs`` are :math:`w_{\\text{prev}}` in the state dtype (unused, may be None, on
+    the first step); ``lams`` and ``r_prevs`` are updated in place. A non-finite gradient
+    term (from a NaN/Inf in :math:`w'` or :math:`w_{\\text{prev}}`) counts as 0.
     """
     for i, param in enumerate(params):
         lam, r_prev = lams[i], r_prevs[i]
         w = _finite_copy(param, lam.dtype)
         if not first_step:
             assert prevs is not None
-            lam.add_((prevs[i] - w) * r_prev, alpha=reg_lr)  # lam -= nu * delta * r_prev
+            term = _drop_non_finite_((prevs[i] - param) * r_prev)
+            lam.add_(term, alpha=reg_lr)  # lam -= nu * delta * r_prev
             lam.sub_(_mean(lam, batch_dims) - avg_reg)  # lam += Theta - mean(lam)
         d = torch.sign(w) if norm == 1 else 2 * w
         cap = torch.log(torch.abs(w / d))  # NaN where w == 0 (0/0): no cap there
@@ -150,9 +160,11 @@ def _multi_tensor_rln(
         largest = torch.finfo(sdtype).max
         ws = [_finite_copy(p, sdtype) for p in device_params]
         if not first_step:
-            scratch = rest[0]  # w_prev, overwritten in place with w_prev - w'
-            torch._foreach_sub_(scratch, ws)
+            scratch = rest[0]  # w_prev, overwritten in place with (w_prev - w') r_prev
+            torch._foreach_sub_(scratch, device_params)
             torch._foreach_mul_(scratch, device_r_prevs)
+            for term in scratch:
+                _drop_non_finite_(term)
             torch._foreach_add_(device_lams, scratch, alpha=reg_lr)  # lam -= nu * delta * r_prev
             excess = [_mean(lam, batch_dims) for lam in device_lams]
             torch._foreach_sub_(excess, avg_reg)
@@ -208,8 +220,8 @@ def rln_update(
     """Functional RLN update (see the module docstring for the equations).
 
     ``params`` hold the weights after the inner optimizer's step and are updated in
-    place; ``prevs`` hold the weights just before it, in the state dtype with non-finite
-    values replaced by 0 (they are overwritten); ``lams`` and ``r_prevs`` are the state,
+    place; ``prevs`` hold the weights just before it, in the state dtype (they are
+    overwritten); ``lams`` and ``r_prevs`` are the state,
     updated in place. On the first step ``prevs`` is unused and ``lams`` should hold
     ``avg_reg``.
     """
@@ -287,12 +299,15 @@ class RLNOptimizer(RegularizedOptimizer):
         norm = group["norm"]
         if isinstance(norm, bool) or norm not in (1, 2):
             raise ValueError(f"Invalid norm: {norm!r} (expected 1 or 2)")
-        check_finite("avg_reg", group["avg_reg"])
+        group["norm"] = check_int("norm", norm, "1 or 2")
+        group["avg_reg"] = check_finite("avg_reg", group["avg_reg"])
         reg_lr = check_finite("reg_lr", group["reg_lr"])
         if reg_lr < 0:
             raise ValueError(f"Invalid reg_lr: {group['reg_lr']!r} (expected >= 0)")
+        group["reg_lr"] = reg_lr
         batch_dims = group["batch_dims"]
-        if isinstance(batch_dims, bool) or not isinstance(batch_dims, int) or batch_dims < 0:
+        group["batch_dims"] = batch_dims = check_int("batch_dims", batch_dims, "an int >= 0")
+        if batch_dims < 0:
             raise ValueError(f"Invalid batch_dims: {batch_dims!r} (expected an int >= 0)")
         for p in group.get("params", ()):
             if isinstance(p, Tensor) and p.ndim <= batch_dims:
@@ -318,12 +333,15 @@ class RLNOptimizer(RegularizedOptimizer):
         return state["lam"].clone()
 
     def before_inner_step(self, has_closure: bool) -> dict[Tensor, Tensor]:
-        """Copy the weights that already have RLN state: they are :math:`w_{\\text{prev}}`."""
+        """Copy the weights that already have RLN state: they are :math:`w_{\\text{prev}}`.
+
+        Without a closure, a weight with no gradient will be skipped, so it is not copied.
+        """
         return {
-            p: _finite_copy(p, self.reg_state[p]["lam"].dtype)
+            p: p.detach().to(self.reg_state[p]["lam"].dtype, copy=True)
             for group in self.reg_groups
             for p in group["params"]
-            if p in self.reg_state
+            if p in self.reg_state and (has_closure or p.grad is not None)
         }
 
     def after_inner_step(self, prevs: dict[Tensor, Tensor]) -> None:
@@ -357,6 +375,6 @@ class RLNOptimizer(RegularizedOptimizer):
         return self._update_fn
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
+        state = super().__getstate__()
         state["_update_fn"] = None  # a compiled function does not pickle
         return state

@@ -253,7 +253,9 @@ class RMSLNWrapper(RegularizedOptimizer):
       inner optimizer (Adam's scaling, momentum, ...). With a closure (LBFGS), the
       closure is wrapped: it runs the user's closure, adds the penalty's gradient to
       ``.grad`` and returns ``loss + R(W)``, so a line search sees the regularized
-      objective.
+      objective. One difference: gradient clipping between ``backward()`` and ``step()``
+      (HF Trainer clips at 1.0 by default; Lightning with ``gradient_clip_val``) clips
+      the loss's gradient only, and the penalty's is added after it, unclipped.
     * decoupled (``decoupled=True``): after each inner step,
       :math:`W \leftarrow W - \text{lr}\,\partial R/\partial W`, with the gradient taken
       at the weights the inner step produced and ``lr`` the current learning rate of the
@@ -315,7 +317,7 @@ class RMSLNWrapper(RegularizedOptimizer):
         self._update_fn = None
 
     def validate_group(self, group: dict[str, Any]) -> None:
-        _check_settings(group["reg_lambda"], group["target"])
+        group["reg_lambda"], group["target"] = _check_settings(group["reg_lambda"], group["target"])
 
     def validate_state(self, index: int, tensors: dict[str, Tensor]) -> None:
         raise ValueError(
@@ -426,6 +428,6 @@ class RMSLNWrapper(RegularizedOptimizer):
         return regularized_closure
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
+        state = super().__getstate__()
         state["_update_fn"] = None  # a compiled function does not pickle
         return state
