@@ -1,0 +1,119 @@
+"""``torch-rln``: rerun the published experiments with torch-rln's wrappers.
+
+    torch-rln bench rln     RLN vs L1 vs none on Boston housing + 1000 noise features
+    torch-rln bench         every experiment, one report
+
+Only the standard library is imported before the arguments are checked, so that a
+missing ``bench`` extra is reported with the exact command that installs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from collections.abc import Sequence
+
+EXPERIMENTS = ("rln",)
+BENCH_MODULES = {"numpy": "numpy", "rich": "rich", "matplotlib": "matplotlib"}
+
+
+def _positive_int(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {name}: {text!r} (expected a positive integer)") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"invalid {name}: {text!r} (expected a positive integer)")
+        return value
+
+    return parse
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid --depths: {text!r} (expected integers >= 2, e.g. 2,3,4)") from None
+    if not values or any(v < 2 for v in values):
+        raise argparse.ArgumentTypeError(f"invalid --depths: {text!r} (expected integers >= 2, e.g. 2,3,4)")
+    return values
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid --l1-values: {text!r} (expected numbers > 0, e.g. 0.01,0.1,1)") from None
+    if not values or any(not (v > 0 and v < float("inf")) for v in values):
+        raise argparse.ArgumentTypeError(f"invalid --l1-values: {text!r} (expected numbers > 0, e.g. 0.01,0.1,1)")
+    return values
+
+
+def _rln_grid(text: str) -> list[tuple[float, float]]:
+    grid = []
+    for item in (i for i in text.split(",") if i.strip()):
+        parts = item.split(":")
+        try:
+            theta, log10_nu = (float(p) for p in parts)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"invalid --rln-grid entry {item!r} in {text!r} (expected THETA:LOG10NU pairs, e.g. -10:6,-8:6)"
+            ) from None
+        if not all(abs(v) < float("inf") for v in (theta, log10_nu)) or log10_nu > 300:
+            raise argparse.ArgumentTypeError(f"invalid --rln-grid entry {item!r}: values must be finite")
+        grid.append((theta, log10_nu))
+    if not grid:
+        raise argparse.ArgumentTypeError(f"invalid --rln-grid: {text!r} (expected THETA:LOG10NU pairs)")
+    return grid
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="torch-rln", description="torch-rln: rerun the published experiments.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    bench = commands.add_parser(
+        "bench",
+        help="rerun the published experiments and compare with the published numbers",
+        description="Rerun the published experiments; with no EXPERIMENT, all of them.",
+    )
+    bench.add_argument("experiment", nargs="?", choices=EXPERIMENTS, help="which experiment (default: all)")
+    bench.add_argument("--quick", action="store_true", help="a smoke run (under a minute on 2 CPU cores)")
+    bench.add_argument("--protocol", choices=("published", "holdout"), default="published",
+                       help="published: select on the test set, as the paper; holdout: select on a validation split")
+    bench.add_argument("--repeats", type=_positive_int("--repeats"), help="training runs per configuration (default 10)")
+    bench.add_argument("--epochs", type=_positive_int("--epochs"), help="epochs per run (default 100)")
+    bench.add_argument("--seed", type=int, default=0, help="seed of the noise features, initialization and shuffles")
+    bench.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    bench.add_argument("--out", default="runs/bench", metavar="DIR", help="where results go (default runs/bench)")
+    rln = bench.add_argument_group("rln experiment")
+    rln.add_argument("--depths", type=_int_list, help="depths to search, in order, until worse (default 2,3,...)")
+    rln.add_argument("--l1-values", type=_float_list, help="L1 strengths, in order, until worse (default 0.01,0.1,1,...)")
+    rln.add_argument("--rln-grid", type=_rln_grid, help="THETA:LOG10NU pairs; write it with '=' since it starts with a minus: "
+                          "--rln-grid=-10:6,-8:6 (default -8:6,-10:5,-10:6,-10:7,-12:6)")
+    return parser
+
+
+def missing_bench_modules() -> list[str]:
+    return [name for name, module in BENCH_MODULES.items() if importlib.util.find_spec(module) is None]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    missing = missing_bench_modules()
+    if missing:
+        print(
+            f"torch-rln {args.command} needs the 'bench' extra (missing: {', '.join(missing)}).\n"
+            "Install it with:  pip install 'torch-rln[bench]'",
+            file=sys.stderr,
+        )
+        return 2
+    from .bench import run_bench
+
+    return run_bench(args, parser)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""Several repeats of one MLP trained at once, as stacked weights and batched matmuls.
+
+The published protocol trains each configuration 10 times at batch size 10: 41,000
+small steps, where Python overhead per step dominates. Stacking the repeats makes each
+step one set of batched ops: layer ``l`` holds ``W_l`` of shape ``(R, out, in)``, every
+repeat draws its own shuffle and its own mini-batch, and the loss is the sum of the
+repeats' losses, so each repeat's gradient is its own. The optimizers used here are
+elementwise (RMSprop, Adam) and RLN runs with ``batch_dims=1`` (one mean projection per
+repeat), so the stack trains exactly as R separate models would.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+KERAS_TRUNCATED_NORMAL_STD = 0.87962566103423978  # std of N(0, 1) truncated at +-2
+
+
+def geometric_widths(input_dim: int, depth: int) -> list[int]:
+    """Hidden widths ``round(exp(log(D) * k / depth))`` for ``k = depth-1 .. 1``, as the
+    RLN tutorial's ``int(np.round(np.exp(np.log(INPUT_DIM) * np.arange(depth - 1, 0, -1) / depth)))``.
+
+    For D = 1013: depth 2 gives [32], depth 4 gives [180, 32, 6] (1013 ** 0.75 = 179.58;
+    "179" in our issue tracker was a rounding slip).
+    """
+    if depth < 2:
+        raise ValueError(f"Invalid depth: {depth} (expected >= 2)")
+    return [int(round(math.exp(math.log(input_dim) * k / depth))) for k in range(depth - 1, 0, -1)]
+
+
+def glorot_normal_(weight: Tensor, generator: torch.Generator) -> Tensor:
+    """Keras' ``glorot_normal``: N(0, 2 / (fan_in + fan_out)) truncated at two std.
+
+    The normal is scaled so that the truncated distribution has that variance (Keras >= 2.2.3).
+    ``weight`` is ``(..., fan_out, fan_in)``; leading dims are independent repeats.
+    """
+    fan_out, fan_in = weight.shape[-2], weight.shape[-1]
+    std = math.sqrt(2.0 / (fan_in + fan_out)) / KERAS_TRUNCATED_NORMAL_STD
+    with torch.no_grad():
+        sample = torch.empty(weight.shape, dtype=torch.float64)
+        torch.nn.init.trunc_normal_(sample, std=1.0, a=-2.0, b=2.0, generator=generator)
+        weight.copy_(sample * std)
+    return weight
+
+
+class StackedMLP(torch.nn.Module):
+    """``repeats`` independent ReLU MLPs ``sizes[0] -> ... -> sizes[-1]``, stacked."""
+
+    def __init__(self, sizes: Sequence[int], repeats: int, generator: torch.Generator) -> None:
+        super().__init__()
+        self.weights = torch.nn.ParameterList()
+        self.biases = torch.nn.ParameterList()
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            w = torch.nn.Parameter(torch.empty(repeats, fan_out, fan_in))
+            glorot_normal_(w, generator)
+            self.weights.append(w)
+            self.biases.append(torch.nn.Parameter(torch.zeros(repeats, 1, fan_out)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: ``(R, B, in)`` -> ``(R, B, out)``."""
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b, x, w.transpose(1, 2))
+            if i < last:
+                x = torch.relu(x)
+        return x
+
+
+def train_stacked(
+    model: StackedMLP,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    penalty: Callable[[], Tensor] | None = None,
+    on_step: Callable[[], None] | None = None,
+    on_epoch: Callable[[int], None] | None = None,
+) -> None:
+    """Train every repeat on its own shuffle of ``(x, y)`` (shared across repeats).
+
+    ``loss_fn(pred, target)`` returns one loss per repeat, shape ``(R,)``; their sum is
+    minimized, plus ``penalty()`` if given (a sum of per-repeat penalties).
+    """
+    repeats, n = model.weights[0].shape[0], x.shape[0]
+    device = x.device
+    for epoch in range(epochs):
+        order = torch.stack([torch.randperm(n, generator=generator) for _ in range(repeats)]).to(device)
+        for start in range(0, n, batch_size):
+            idx = order[:, start : start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x[idx]), y[idx]).sum()
+            if penalty is not None:
+                loss = loss + penalty()
+            loss.backward()
+            optimizer.step()
+            if on_step is not None:
+                on_step()
+        if on_epoch is not None:
+            on_epoch(epoch)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)
