@@ -1,6 +1,7 @@
 """``torch-rln``: rerun the published experiments with torch-rln's wrappers.
 
     torch-rln bench rln     RLN vs L1 vs none on Boston housing + 1000 noise features
+    torch-rln bench rmsln   Adam vs Adam + RMSLN on MNIST-1D, tuned with Optuna
     torch-rln bench         every experiment, one report
 
 Only the standard library is imported before the arguments are checked, so that a
@@ -14,8 +15,8 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
-EXPERIMENTS = ("rln",)
-BENCH_MODULES = {"numpy": "numpy", "rich": "rich", "matplotlib": "matplotlib"}
+EXPERIMENTS = ("rln", "rmsln")
+BENCH_MODULES = {"numpy": "numpy", "rich": "rich", "matplotlib": "matplotlib", "optuna": "optuna", "mnist1d": "mnist1d"}
 
 
 def _positive_int(name: str):
@@ -83,10 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--protocol", choices=("published", "holdout"), default="published",
                        help="published: select on the test set, as the paper; holdout: select on a validation split")
     bench.add_argument("--repeats", type=_positive_int("--repeats"), help="training runs per configuration (default 10)")
-    bench.add_argument("--epochs", type=_positive_int("--epochs"), help="epochs per run (default 100)")
+    bench.add_argument("--epochs", type=_positive_int("--epochs"), help="epochs per (final) run (default 100)")
     bench.add_argument("--seed", type=int, default=0, help="seed of the noise features, initialization and shuffles")
     bench.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     bench.add_argument("--out", default="runs/bench", metavar="DIR", help="where results go (default runs/bench)")
+    rmsln = bench.add_argument_group("rmsln experiment")
+    rmsln.add_argument("--trials", type=_positive_int("--trials"), help="Optuna trials per model (default 50)")
+    rmsln.add_argument("--trial-epochs", type=_positive_int("--trial-epochs"), help="epochs per trial (default 30)")
+    rmsln.add_argument("--seeds", type=_positive_int("--seeds"), help="seeds of the final runs (default 5)")
+    rmsln.add_argument("--storage", metavar="URL",
+                       help="an Optuna storage URL shared by workers, e.g. postgresql://... "
+                            "(default: SQLite in --out, which a rerun resumes)")
     rln = bench.add_argument_group("rln experiment")
     rln.add_argument("--depths", type=_int_list, help="depths to search, in order, until worse (default 2,3,...)")
     rln.add_argument("--l1-values", type=_float_list, help="L1 strengths, in order, until worse (default 0.01,0.1,1,...)")

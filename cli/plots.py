@@ -76,3 +76,29 @@ def rln_features_plot(report: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def rmsln_curves_plot(report: dict[str, Any], path: Path) -> Path:
+    """Validation loss per epoch of both final models: mean over seeds with a +-std band."""
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    colors = {"baseline": "tab:blue", "rmsln": "tab:red"}
+    for name, final in report["final"].items():
+        curves = np.asarray(final["curves"])
+        mean, std = curves.mean(axis=0), curves.std(axis=0)
+        epochs = np.arange(1, len(mean) + 1)
+        params = ", ".join(f"{k}={v:.3g}" for k, v in final["params"].items())
+        ax.plot(epochs, mean, color=colors[name], label=f"{name} ({params}), {len(curves)} seeds")
+        ax.fill_between(epochs, mean - std, mean + std, color=colors[name], alpha=0.2)
+        published = report["published"].get(name, {}).get("final_val_loss")
+        if published is not None:
+            ax.axhline(published, color=colors[name], linestyle="--", linewidth=1,
+                       label=f"published final {name}: {published}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation loss (cross-entropy)")
+    ax.set_title(f"MNIST-1D: Adam vs Adam + RMSLN ({report['protocol']} protocol)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
