@@ -361,14 +361,14 @@ def test_mismatched_checkpoints_are_refused_before_anything_changes():
 
 
 # ---------------------------------------------------------------- stacked copies
-@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "per_tensor"])
-def test_batch_dims_equals_separate_optimizers(foreach):
+@pytest.mark.parametrize("path", ["foreach", "per_tensor", "compiled"])
+def test_batch_dims_equals_separate_optimizers(path):
     """K copies stacked on a leading dim (batch_dims=1) train as K separate RLN optimizers."""
     k, steps = 4, 30
     g = torch.Generator().manual_seed(0)
     w0 = 0.3 * torch.randn(k, 8, 20, generator=g)
     grads = [0.1 * torch.randn(k, 8, 20, generator=g) for _ in range(steps)]
-    settings = dict(norm=1, avg_reg=-4.0, reg_lr=1e3, foreach=foreach)
+    settings = dict(norm=1, avg_reg=-4.0, reg_lr=1e3, foreach=path == "foreach", compile=path == "compiled")
     stacked = torch.nn.Parameter(w0.clone())
     opt = RLNOptimizer(torch.optim.RMSprop([stacked], lr=1e-2), batch_dims=1, **settings)
     singles = [torch.nn.Parameter(w0[i].clone()) for i in range(k)]

@@ -39,12 +39,15 @@ def mse_grad(w, x, y):
     return 2.0 * (x @ w.T - y).T @ x / y.size
 
 
-def run_both(norm, avg_reg, reg_lr, dtype, foreach, steps=STEPS):
+def run_both(norm, avg_reg, reg_lr, dtype, path, steps=STEPS):
     """Yield (torch weights, torch lambdas, torch r_prev, reference) after every step."""
     x, y, w0 = make_problem()
     ref = NumpyRLN(w0.shape, norm=norm, avg_reg=avg_reg, reg_lr=reg_lr)
     w = torch.nn.Parameter(torch.tensor(w0, dtype=dtype))
-    opt = RLNOptimizer(torch.optim.SGD([w], lr=LR), norm=norm, avg_reg=avg_reg, reg_lr=reg_lr, foreach=foreach)
+    opt = RLNOptimizer(
+        torch.optim.SGD([w], lr=LR), norm=norm, avg_reg=avg_reg, reg_lr=reg_lr,
+        foreach=path == "foreach", compile=path == "compiled",
+    )
     xt, yt = torch.tensor(x, dtype=dtype), torch.tensor(y, dtype=dtype)
     w_ref = w0.copy()
     for _ in range(steps):
@@ -56,12 +59,12 @@ def run_both(norm, avg_reg, reg_lr, dtype, foreach, steps=STEPS):
         yield w.detach(), state["lam"], state["r_prev"], ref
 
 
-@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "per_tensor"])
+@pytest.mark.parametrize("path", ["foreach", "per_tensor", "compiled"])
 @pytest.mark.parametrize("norm,avg_reg,reg_lr", SETTINGS)
-def test_float64_equals_reference(norm, avg_reg, reg_lr, foreach):
+def test_float64_equals_reference(norm, avg_reg, reg_lr, path):
     zero_run = np.zeros((4, 12), dtype=int)
     longest_zero_run = 0
-    for w, lam, r_prev, ref in run_both(norm, avg_reg, reg_lr, torch.float64, foreach):
+    for w, lam, r_prev, ref in run_both(norm, avg_reg, reg_lr, torch.float64, path):
         w, lam, r_prev = w.numpy(), lam.numpy(), r_prev.numpy()
         np.testing.assert_allclose(w, ref.w_prev, rtol=0, atol=1e-12)
         np.testing.assert_allclose(lam, ref.lam, rtol=0, atol=1e-10)
@@ -75,22 +78,24 @@ def test_float64_equals_reference(norm, avg_reg, reg_lr, foreach):
     assert np.all(np.isfinite(lam))
 
 
+@pytest.mark.parametrize("path", ["foreach", "compiled"])
 @pytest.mark.parametrize("norm,avg_reg,reg_lr", [SETTINGS[0], SETTINGS[2]])
-def test_float32_close_to_reference_and_finite(norm, avg_reg, reg_lr):
-    for w, lam, r_prev, ref in run_both(norm, avg_reg, reg_lr, torch.float32, foreach=True):
+def test_float32_close_to_reference_and_finite(norm, avg_reg, reg_lr, path):
+    for w, lam, r_prev, ref in run_both(norm, avg_reg, reg_lr, torch.float32, path):
         assert torch.isfinite(w).all() and torch.isfinite(lam).all() and torch.isfinite(r_prev).all()
         np.testing.assert_allclose(w.double().numpy(), ref.w_prev, rtol=0, atol=1e-4)
         np.testing.assert_allclose(lam.double().numpy(), ref.lam, rtol=0, atol=1e-3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "per_tensor"])
-def test_pinned_weight_with_huge_coefficient_stays_zero_and_finite(dtype, foreach):
+@pytest.mark.parametrize("path", ["foreach", "per_tensor", "compiled"])
+def test_pinned_weight_with_huge_coefficient_stays_zero_and_finite(dtype, path):
     g = torch.Generator().manual_seed(0)
     w = torch.nn.Parameter((0.1 * torch.randn(1, 1000, generator=g)).to(dtype))
     with torch.no_grad():
         w[0, :2] = 0.0  # two pinned weights (their gradient is always 0)
-    opt = RLNOptimizer(torch.optim.SGD([w], lr=0.01), norm=1, avg_reg=-6.0, reg_lr=10.0, foreach=foreach)
+    opt = RLNOptimizer(torch.optim.SGD([w], lr=0.01), norm=1, avg_reg=-6.0, reg_lr=10.0,
+                       foreach=path == "foreach", compile=path == "compiled")
     w.grad = torch.zeros_like(w)
     opt.step()  # creates the state
     overflow = 709.0 if dtype == torch.float64 else 88.0  # where exp overflows the state dtype
