@@ -88,15 +88,20 @@ def rln_settings(args: argparse.Namespace, device: str) -> rln_boston.Settings:
         value = getattr(args, key)
         if value is not None:
             setattr(settings, key, value)
+    settings.compile = not args.no_compile and not args.quick
     return settings
 
 
 def run_rln(args: argparse.Namespace, device: str, out: Path, console: Console) -> tuple[int, str]:
     settings = rln_settings(args, device)
+    if settings.compile and not rln_boston.compile_works(device):
+        console.print("[yellow]torch.compile does not run here: RLN takes the eager foreach path (slower, same math).[/]")
+        settings.compile = False
     console.rule("[bold]RLN vs L1 vs none: Boston housing + 1000 noise features")
     console.print(
         f"protocol [bold]{settings.protocol}[/], {settings.repeats} repeats x {settings.epochs} epochs, "
-        f"batch {settings.batch_size}, device {device}, seed {settings.seed}"
+        f"batch {settings.batch_size}, device {device}, seed {settings.seed}, "
+        f"RLN update {'compiled' if settings.compile else 'eager'}"
     )
     with _progress(console) as progress:
         experiment = None

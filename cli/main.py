@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="an Optuna storage URL shared by workers, e.g. postgresql://... "
                             "(default: SQLite in --out, which a rerun resumes)")
     rln = bench.add_argument_group("rln experiment")
+    rln.add_argument("--no-compile", action="store_true",
+                     help="run RLN's update eagerly instead of as a compiled kernel (same math; --quick implies it)")
     rln.add_argument("--depths", type=_int_list, help="depths to search, in order, until worse (default 2,3,...)")
     rln.add_argument("--l1-values", type=_float_list, help="L1 strengths, in order, until worse (default 0.01,0.1,1,...)")
     rln.add_argument("--rln-grid", type=_rln_grid, help="THETA:LOG10NU pairs; write it with '=' since it starts with a minus: "
