@@ -15,8 +15,8 @@ def tabular_data(n=64, seed=0):
     return torch.utils.data.TensorDataset(x, x[:, :2].sum(1, keepdim=True))
 
 
-def test_lightning_trainer_with_scheduler_and_checkpoint(tmp_path):
-    pl = pytest.importorskip("pytorch_lightning")
+def lightning_module(pl, configure_optimizers):
+    """A small regression LightningModule whose optimizers come from ``configure_optimizers(module)``."""
 
     class Module(pl.LightningModule):
         def __init__(self):
@@ -28,12 +28,20 @@ def test_lightning_trainer_with_scheduler_and_checkpoint(tmp_path):
             return torch.nn.functional.mse_loss(self.net(x), y)
 
         def configure_optimizers(self):
-            opt = RLNOptimizer(torch.optim.Adam(self.parameters(), lr=1e-2), avg_reg=-5.0, reg_lr=1e4)
-            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
-            return {"optimizer": opt, "lr_scheduler": sched}
+            return configure_optimizers(self)
 
     torch.manual_seed(0)
-    module = Module()
+    return Module()
+
+
+def test_lightning_trainer_with_scheduler_and_checkpoint(tmp_path):
+    pl = pytest.importorskip("pytorch_lightning")
+
+    def configure(module):
+        opt = RLNOptimizer(torch.optim.Adam(module.parameters(), lr=1e-2), avg_reg=-5.0, reg_lr=1e4)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)}
+
+    module = lightning_module(pl, configure)
     loader = torch.utils.data.DataLoader(tabular_data(), batch_size=8)
     trainer = pl.Trainer(
         max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
@@ -87,21 +95,11 @@ def test_accelerate_prepare_and_train():
 def test_lightning_trainer_with_nested_wrappers():
     pl = pytest.importorskip("pytorch_lightning")
 
-    class Module(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    def configure(module):
+        inner = RLNOptimizer(torch.optim.Adam(module.parameters(), lr=1e-2), avg_reg=-5.0, reg_lr=1e4)
+        return RMSLNWrapper(inner, reg_lambda=1e-2)
 
-        def training_step(self, batch, _):
-            x, y = batch
-            return torch.nn.functional.mse_loss(self.net(x), y)
-
-        def configure_optimizers(self):
-            inner = RLNOptimizer(torch.optim.Adam(self.parameters(), lr=1e-2), avg_reg=-5.0, reg_lr=1e4)
-            return RMSLNWrapper(inner, reg_lambda=1e-2)
-
-    torch.manual_seed(0)
-    module = Module()
+    module = lightning_module(pl, configure)
     start = module.net[2].weight.detach().clone()
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False)
