@@ -148,9 +148,16 @@ def run_rln(args: argparse.Namespace, device: str, out: Path, console: Console) 
 
 
 def _published_for(run: dict[str, Any], published: dict[str, Any]) -> str:
+    """The published score beside the same configuration, and the published best beside our
+    best of the same model (naming its configuration where it differs from ours)."""
     p = published.get(run["model"])
-    if p and all(run.get(k) == v for k, v in p.items() if k not in ("mse_mean", "mse_std")):
+    if not p:
+        return ""
+    same = all(run.get(k) == v for k, v in p.items() if k not in ("mse_mean", "mse_std"))
+    if same:
         return f"{p['mse_mean']:.2f} ({p['mse_std']:.2f})"
+    if run.get("selected"):
+        return f"best: {p['mse_mean']:.2f} ({p['mse_std']:.2f}), {rln_boston.config_label({'model': run['model'], **p})}"
     return ""
 
 

@@ -100,8 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run RLN's update eagerly instead of as a compiled kernel (same math; --quick implies it)")
     rln.add_argument("--depths", type=_int_list, help="depths to search, in order, until worse (default 2,3,...)")
     rln.add_argument("--l1-values", type=_float_list, help="L1 strengths, in order, until worse (default 0.01,0.1,1,...)")
-    rln.add_argument("--rln-grid", type=_rln_grid, help="THETA:LOG10NU pairs; write it with '=' since it starts with a minus: "
-                          "--rln-grid=-10:6,-8:6 (default -8:6,-10:5,-10:6,-10:7,-12:6)")
+    rln.add_argument("--rln-grid", type=_rln_grid, help="THETA:LOG10NU pairs, e.g. -10:6,-8:6 (default -8:6,-10:5,-10:6,-10:7,-12:6)")
     return parser
 
 
@@ -109,9 +108,22 @@ def missing_bench_modules() -> list[str]:
     return [name for name, module in BENCH_MODULES.items() if importlib.util.find_spec(module) is None]
 
 
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--rln-grid -10:6`` as ``--rln-grid=-10:6``: argparse would take ``-10:6`` for an option."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--rln-grid":
+            value = next(it, None)
+            out.append(arg if value is None else f"{arg}={value}")
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
     missing = missing_bench_modules()
     if missing:
         print(

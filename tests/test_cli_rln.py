@@ -133,11 +133,12 @@ def test_quick_run_end_to_end(tmp_path, capsys):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## RLN vs L1 vs none" in (tmp_path / "report.md").read_text()
     assert "Published claim" in out and "106.84" in out
+    assert "48.57" in out and "21.34" in out  # the published bests sit beside our bests
 
 
 def test_holdout_protocol_scores_the_test_set_once(tmp_path, capsys):
     argv = ["bench", "rln", "--quick", "--protocol", "holdout", "--depths", "2", "--l1-values", "0.1",
-            "--rln-grid=-10:6", "--out", str(tmp_path)]
+            "--rln-grid", "-10:6", "--out", str(tmp_path)]
     code, out = run_cli(argv, capsys)
     assert code == 0, out
     report = json.loads((tmp_path / "rln-boston.json").read_text())
@@ -155,6 +156,7 @@ def test_holdout_protocol_scores_the_test_set_once(tmp_path, capsys):
         (["--depths", "1,2"], "invalid --depths: '1,2'"),
         (["--l1-values", "0.1,-1"], "invalid --l1-values: '0.1,-1'"),
         (["--rln-grid=-10"], "invalid --rln-grid entry '-10'"),
+        (["--rln-grid", "-10:6,x"], "invalid --rln-grid entry 'x'"),  # a value starting with '-' is taken
         (["--rln-grid=-10:6,a:b"], "invalid --rln-grid entry 'a:b'"),
         (["--protocol", "best"], "invalid choice: 'best'"),
         (["--device", "tpu"], "invalid choice: 'tpu'"),
