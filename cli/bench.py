@@ -245,10 +245,12 @@ def rmsln_settings(args: argparse.Namespace, device: str) -> rmsln_mnist1d.Setti
     if args.quick:
         for key, value in QUICK_RMSLN.items():
             setattr(settings, key, value)
-    for key in ("trials", "trial_epochs", "epochs", "seeds"):
+    for key in ("trials", "trial_epochs", "epochs", "seeds", "study_name"):
         value = getattr(args, key)
         if value is not None:
             setattr(settings, key, value)
+    if args.heartbeat is not None:
+        settings.heartbeat_seconds = args.heartbeat
     return settings
 
 
@@ -373,10 +375,8 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except OSError as error:
         parser.error(f"--out {args.out}: cannot create the directory ({error.strerror})")
     if getattr(args, "storage", None):
-        import optuna
-
         try:
-            optuna.storages.get_storage(args.storage)
+            rmsln_mnist1d.make_storage(args.storage, args.heartbeat or 10)
         except Exception as error:  # noqa: BLE001 - any failure to open it is the user's to fix
             parser.error(f"--storage {args.storage}: cannot open this Optuna storage ({type(error).__name__}: {error})")
     keep_freed_memory()

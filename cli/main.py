@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     rmsln.add_argument("--storage", metavar="URL",
                        help="an Optuna storage URL shared by workers, e.g. postgresql://... "
                             "(default: SQLite in --out, which a rerun resumes)")
+    rmsln.add_argument("--study-name", metavar="NAME",
+                       help="join the shared studies NAME-baseline and NAME-rmsln in --storage (several workers)")
+    rmsln.add_argument("--heartbeat", type=_positive_int("--heartbeat"), metavar="SECONDS",
+                       help="Optuna heartbeat: a dead worker's trial is marked failed after 3 missed beats (default 10)")
     rln = bench.add_argument_group("rln experiment")
     rln.add_argument("--no-compile", action="store_true",
                      help="run RLN's update eagerly instead of as a compiled kernel (same math; --quick implies it)")

@@ -22,8 +22,11 @@ several seeds and compares them seed by seed, with a confidence interval.
 from __future__ import annotations
 
 import math
+import os
+import socket
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,7 +67,8 @@ class Settings:
     seed: int = 0
     device: str = "cpu"
     storage: str | None = None  # an Optuna storage URL; None: SQLite in the output folder
-    study_prefix: str = EXPERIMENT
+    study_name: str | None = None  # the shared studies' name (two studies: NAME-baseline, NAME-rmsln)
+    heartbeat_seconds: int = 10  # a worker's RUNNING trial is failed after 3 missed heartbeats
     validation_size: int = 800
 
 
@@ -179,7 +183,37 @@ def suggest(trial, model_name: str) -> dict[str, float]:
 
 
 def study_name(settings: Settings, model_name: str) -> str:
-    return f"{settings.study_prefix}-{model_name}-{settings.protocol}-seed{settings.seed}"
+    if settings.study_name:
+        return f"{settings.study_name}-{model_name}"
+    return f"{EXPERIMENT}-{model_name}-{settings.protocol}-seed{settings.seed}"
+
+
+def make_storage(url: str, heartbeat_seconds: int):
+    """An Optuna storage for ``url``; SQL databases get a heartbeat, so that the trial of a
+    worker that died (SIGKILL, power loss) is marked FAIL by the next worker instead of
+    staying RUNNING forever."""
+    import optuna
+
+    if url.split(":", 1)[0].split("+", 1)[0] not in ("sqlite", "postgresql", "mysql"):
+        return optuna.storages.get_storage(url)
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: experimental
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds,
+                    grace_period=3 * heartbeat_seconds,
+                )
+        except Exception:  # noqa: BLE001 - workers starting together race to create the schema
+            if attempt == 4:
+                raise
+            time.sleep(0.5 + 0.5 * attempt)
+    raise AssertionError("unreachable")
+
+
+class SurplusTrial(Exception):
+    """Raised by a trial that started after the study already had all its trials (several workers)."""
 
 
 def finished_trials(study) -> int:
@@ -221,15 +255,22 @@ class Experiment:
         sampler = optuna.samplers.TPESampler(seed=s.seed)
         pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5)
         study = optuna.create_study(
-            study_name=study_name(s, model_name), storage=self.storage_url, direction="minimize",
-            sampler=sampler, pruner=pruner, load_if_exists=True,
+            study_name=study_name(s, model_name), storage=make_storage(self.storage_url, s.heartbeat_seconds),
+            direction="minimize", sampler=sampler, pruner=pruner, load_if_exists=True,
         )
+        # One local worker (no --storage): whatever is RUNNING was left by a run that died.
         stale = fail_stale_trials(study) if s.storage is None else 0
         done_before = finished_trials(study)
         remaining = max(0, s.trials - done_before)
         self.on_phase(f"{model_name}: Optuna trials ({done_before} of {s.trials} already done)", remaining * s.trial_epochs)
 
         def objective(trial) -> float:
+            trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+            others = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            if finished_trials(study) + sum(t.number != trial.number for t in others) >= s.trials:
+                study.stop()  # other workers finish the study: this trial would be one too many
+                trial.set_user_attr("surplus", True)
+                raise SurplusTrial
             params = suggest(trial, model_name)
 
             def report(epoch: int, loss: float, acc: float) -> None:
@@ -247,7 +288,7 @@ class Experiment:
                 s.trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
             )
             try:
-                study.optimize(objective, n_trials=remaining, callbacks=[callback], catch=())
+                study.optimize(objective, n_trials=remaining, callbacks=[callback], catch=(SurplusTrial,))
             except KeyboardInterrupt:
                 interrupted = True
         trials = study.trials
