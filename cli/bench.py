@@ -104,7 +104,6 @@ def run_rln(args: argparse.Namespace, device: str, out: Path, console: Console) 
         f"RLN update {'compiled' if settings.compile else 'eager'}"
     )
     with _progress(console) as progress:
-        experiment = None
         overall = progress.add_task("whole run", total=1)
         current = progress.add_task("starting", total=1)
         state = {"planned": 0}
