@@ -78,16 +78,22 @@ def _progress(console: Console) -> Progress:
     )
 
 
-# ---------------------------------------------------------------------- the RLN experiment
-def rln_settings(args: argparse.Namespace, device: str) -> rln_boston.Settings:
-    settings = rln_boston.Settings(protocol=args.protocol, seed=args.seed, device=device)
+def apply_arguments(settings: Any, args: argparse.Namespace, quick: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    """``settings`` with the ``--quick`` values, then the arguments the user gave, applied."""
     if args.quick:
-        for key, value in QUICK_RLN.items():
+        for key, value in quick.items():
             setattr(settings, key, value)
-    for key in ("depths", "l1_values", "rln_grid", "repeats", "epochs"):
+    for key in keys:
         value = getattr(args, key)
         if value is not None:
             setattr(settings, key, value)
+    return settings
+
+
+# ---------------------------------------------------------------------- the RLN experiment
+def rln_settings(args: argparse.Namespace, device: str) -> rln_boston.Settings:
+    settings = rln_boston.Settings(protocol=args.protocol, seed=args.seed, device=device)
+    apply_arguments(settings, args, QUICK_RLN, ("depths", "l1_values", "rln_grid", "repeats", "epochs"))
     settings.compile = not args.no_compile and not args.quick
     return settings
 
@@ -241,13 +247,7 @@ def rln_markdown(report: dict[str, Any], figures: list[str]) -> str:
 # ---------------------------------------------------------------------- the RMSLN experiment
 def rmsln_settings(args: argparse.Namespace, device: str) -> rmsln_mnist1d.Settings:
     settings = rmsln_mnist1d.Settings(protocol=args.protocol, seed=args.seed, device=device, storage=args.storage)
-    if args.quick:
-        for key, value in QUICK_RMSLN.items():
-            setattr(settings, key, value)
-    for key in ("trials", "trial_epochs", "epochs", "seeds", "study_name"):
-        value = getattr(args, key)
-        if value is not None:
-            setattr(settings, key, value)
+    apply_arguments(settings, args, QUICK_RMSLN, ("trials", "trial_epochs", "epochs", "seeds", "study_name"))
     if args.heartbeat is not None:
         settings.heartbeat_seconds = args.heartbeat
     return settings
