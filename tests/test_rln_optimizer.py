@@ -1,6 +1,7 @@
 """RLNOptimizer as a drop-in torch Optimizer: schedulers, GradScaler, closures, hooks,
 checkpoints, and clear errors for bad input."""
 
+import copy
 import io
 import math
 
@@ -318,6 +319,128 @@ def test_resume_from_checkpoint_is_bit_identical(inner, dtype):
         assert torch.equal(opt.reg_state[a]["lam"], resumed_opt.reg_state[b]["lam"])
         assert torch.equal(opt.reg_state[a]["r_prev"], resumed_opt.reg_state[b]["r_prev"])
     assert (model[0].weight == 0).any()
+
+
+def test_learning_rate_zero_leaves_weights_and_coefficients_alone():
+    """A group at lr 0 (a frozen layer, a warm-up's first step, the step at lr 0 that
+    torch.distributed.checkpoint runs to build state) is not regularized: RLN's shrink is a
+    training step, as AdamW's decay (lr * weight_decay) is. Python and CPU-tensor lrs."""
+    for frozen_lr in (0.0, torch.tensor(0.0)):
+        model = make_model()
+        base = torch.optim.Adam(
+            [{"params": model[0].parameters(), "lr": frozen_lr}, {"params": model[2].parameters(), "lr": 1e-2}]
+        )
+        opt = RLNOptimizer(base, avg_reg=-5.0, reg_lr=1e4)
+        frozen = model[0].weight.detach().clone()
+        for x, y in batches(5):
+            train_step(model, opt, x, y)
+        assert torch.equal(model[0].weight, frozen)
+        assert torch.equal(opt.lambdas(model[0].weight), torch.full_like(frozen, -5.0))
+        assert (opt.lambdas(model[2].weight) != -5.0).any()
+
+
+def test_a_step_at_lr_zero_then_training_equals_training():
+    """The step at lr 0 creates the state (lam = Theta, r_prev = 0) and nothing else: the
+    training that follows is the same as from a fresh optimizer."""
+    data = batches(12, dtype=torch.float64)
+    runs = []
+    for warm_up_at_zero in (False, True):
+        model = make_model(dtype=torch.float64)
+        # SGD: Adam would count the step at lr 0 in its bias correction.
+        opt = RLNOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), avg_reg=-5.0, reg_lr=1e4)
+        if warm_up_at_zero:
+            opt.param_groups[0]["lr"] = 0.0
+            for p in model.parameters():
+                p.grad = torch.zeros_like(p)
+            opt.step()
+            assert len(opt.reg_state) == 2
+            opt.param_groups[0]["lr"] = 0.05
+        for x, y in data:
+            train_step(model, opt, x, y)
+        runs.append(snapshot(model, opt))
+    (params_a, state_a), (params_b, state_b) = runs
+    for a, b in zip(params_a, params_b):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert (params_a[0] == 0).any()
+
+
+def test_distributed_checkpoint_functions_round_trip_in_one_process():
+    """torch.distributed.checkpoint's get/set_optimizer_state_dict key the state by parameter
+    name and keep only "state" and "param_groups": the RLN tensors come back, the settings
+    stay the wrapper's own, and training resumes bit-identically."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    data = batches(10)
+    model = make_model()
+    opt = RLNOptimizer(torch.optim.Adam(model.parameters(), lr=1e-2), avg_reg=-5.0, reg_lr=1e4)
+    for x, y in data[:5]:
+        train_step(model, opt, x, y)
+    saved = copy.deepcopy(get_optimizer_state_dict(model, opt))
+    assert set(saved) == {"state", "param_groups"} and "rln_lam" in saved["state"]["0.weight"]
+    weights = [p.detach().clone() for p in model.parameters()]
+    for x, y in data[5:]:
+        train_step(model, opt, x, y)
+
+    resumed = make_model(seed=7)
+    with torch.no_grad():
+        for p, w in zip(resumed.parameters(), weights):
+            p.copy_(w)
+    resumed_opt = RLNOptimizer(torch.optim.Adam(resumed.parameters(), lr=1e-2), avg_reg=-5.0, reg_lr=1e4)
+    set_optimizer_state_dict(resumed, resumed_opt, saved)
+    for x, y in data[5:]:
+        train_step(resumed, resumed_opt, x, y)
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+    flat = get_optimizer_state_dict(model, opt, options=StateDictOptions(flatten_optimizer_state_dict=True))
+    with pytest.raises(ValueError, match="flatten_optimizer_state_dict=True"):
+        set_optimizer_state_dict(
+            resumed, resumed_opt, flat, options=StateDictOptions(flatten_optimizer_state_dict=True)
+        )
+
+
+def test_state_written_straight_into_the_inner_state_is_taken_over():
+    """ZeroRedundancyOptimizer.load_state_dict writes checkpoint entries into
+    ``optimizer.state[p]`` itself: the RLN tensors among them are checked and taken over at
+    the next step, as load_state_dict would have loaded them."""
+    data = batches(8)
+    model = make_model()
+    opt = RLNOptimizer(torch.optim.Adam(model.parameters(), lr=1e-2), avg_reg=-5.0, reg_lr=1e4)
+    for x, y in data[:4]:
+        train_step(model, opt, x, y)
+    saved = copy.deepcopy(opt.state_dict())
+    weights = [p.detach().clone() for p in model.parameters()]
+    for x, y in data[4:]:
+        train_step(model, opt, x, y)
+
+    def fresh():
+        twin = make_model(seed=3)
+        with torch.no_grad():
+            for p, w in zip(twin.parameters(), weights):
+                p.copy_(w)
+        twin_opt = RLNOptimizer(torch.optim.Adam(twin.parameters(), lr=1e-2), avg_reg=-5.0, reg_lr=1e4)
+        for i, p in enumerate(twin.parameters()):
+            twin_opt.state[p] = dict(saved["state"][i])  # as ZeRO does
+        return twin, twin_opt
+
+    twin, twin_opt = fresh()
+    assert torch.equal(twin_opt.lambdas(twin[0].weight), saved["state"][0]["rln_lam"])
+    assert set(twin_opt.state[twin[0].weight]) == {"step", "exp_avg", "exp_avg_sq"}  # taken out
+    for x, y in data[4:]:
+        train_step(twin, twin_opt, x, y)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+
+    twin, twin_opt = fresh()
+    twin_opt.state[twin[2].weight]["rln_lam"] = torch.zeros(3)
+    before = twin[2].weight.detach().clone()
+    with pytest.raises(ValueError, match=r"state 'lam' of parameter 2 has shape \(3,\)"):
+        twin_opt.step()
+    assert torch.equal(twin[2].weight, before) and not twin_opt.reg_state
 
 
 def test_state_dict_layout_is_torchs():

@@ -123,3 +123,34 @@ def test_compiled_update_fullgraph_equals_eager():
     torch.testing.assert_close(lam_compiled, lam_eager, rtol=1e-5, atol=1e-4)
     assert torch.equal(w_compiled == 0, w_eager == 0)
     assert (w_eager == 0).any()
+
+
+def test_compiled_update_compiles_once_per_dtype_pair():
+    """Norms, settings, shapes, ranks and stacked copies reuse one compiled kernel per
+    (parameter dtype, state dtype); Dynamo's limit of 8 compilations per function is never
+    reached by a process that trains many models (it would be a hard error with fullgraph)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    dtypes = (torch.float32, torch.float64, torch.bfloat16)
+    for dtype in dtypes:
+        for norm in (1, 2):
+            for shape, batch_dims in (((5, 7), 0), ((1, 1), 0), ((3, 1, 4), 0), ((0, 3), 0), ((4, 6, 5), 1)):
+                torch.manual_seed(0)
+                w0 = 0.3 * torch.randn(shape)
+                results = []
+                for compile_ in (False, True):
+                    w = torch.nn.Parameter(w0.to(dtype, copy=True))
+                    opt = RLNOptimizer(torch.optim.SGD([w], lr=0.05), norm=norm, avg_reg=-3.0 - norm,
+                                       reg_lr=50.0 * norm, batch_dims=batch_dims, compile=compile_)
+                    g = torch.Generator().manual_seed(1)
+                    for _ in range(4):
+                        w.grad = 0.1 * torch.randn(shape, generator=g).to(dtype)
+                        opt.step()
+                    results.append((w.detach().float(), opt.lambdas(w)))
+                (w_eager, lam_eager), (w_compiled, lam_compiled) = results
+                tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
+                torch.testing.assert_close(w_compiled, w_eager, rtol=tol, atol=tol)
+                torch.testing.assert_close(lam_compiled, lam_eager, rtol=1e-4, atol=1e-3)
+    assert counters["stats"]["unique_graphs"] == len(dtypes)

@@ -121,7 +121,7 @@ def test_binding_cap_lands_on_exact_zero(dtype, norm):
     values *= torch.where(torch.rand(10_000, generator=g) < 0.5, -1.0, 1.0).to(dtype)
     w = torch.nn.Parameter(values.reshape(100, 100).clone())
     # avg_reg far above every cap: the cap binds everywhere.
-    opt = RLNOptimizer(torch.optim.SGD([w], lr=0.0), norm=norm, avg_reg=50.0, reg_lr=0.0)
+    opt = RLNOptimizer(torch.optim.SGD([w], lr=1.0), norm=norm, avg_reg=50.0, reg_lr=0.0)
     w.grad = torch.zeros_like(w)
     opt.step()
     assert torch.count_nonzero(w).item() == 0

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from torch_rln.rln import RLNOptimizer
-from torch_rln.rmsln import RMSLNWrapper, _multi_tensor_rmsln, rms_penalty, rms_penalty_grad, rmsln_update
+from torch_rln.rmsln import RMSLNWrapper, _compiled_rmsln, rms_penalty, rms_penalty_grad, rmsln_update
 
 LAM = 0.05  # large enough that the penalty visibly changes training
 
@@ -648,8 +648,33 @@ def test_compiled_update_matches_eager():
         model = make_model()
         opt = RMSLNWrapper(torch.optim.SGD(model.parameters(), lr=0.1), reg_lambda=LAM, compile=compile)
         train_wrapped(model, opt, make_batches(), 2)
-        assert (opt._update_fn is not _multi_tensor_rmsln) == compile
+        assert (opt._update() is _compiled_rmsln) == compile
         results.append(snapshot(model))
     for p, q in zip(*results):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
     assert math.isfinite(results[0][0].sum().item())
+
+
+def test_compiled_update_compiles_once_per_dtype_for_any_model():
+    """Models with different numbers and shapes of tensors, float and tensor learning rates
+    (decoupled), reuse the compiled kernel: Dynamo's limit of 8 compilations per function
+    (a hard error with fullgraph) is never reached."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    for n in range(1, 11):
+        for lr in (0.1, torch.tensor(0.1)):
+            ps = [torch.nn.Parameter(torch.randn(4, 3 + k)) for k in range(n)] + [torch.nn.Parameter(torch.randn(1, 1))]
+            twins = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+            opt = RMSLNWrapper(torch.optim.SGD(ps, lr=lr), reg_lambda=0.3, decoupled=True, compile=True)
+            eager = RMSLNWrapper(torch.optim.SGD(twins, lr=lr), reg_lambda=0.3, decoupled=True)
+            for _ in range(2):
+                for p, q in zip(ps, twins):
+                    p.grad = torch.ones_like(p)
+                    q.grad = torch.ones_like(q)
+                opt.step()
+                eager.step()
+            for p, q in zip(ps, twins):
+                torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert counters["stats"]["unique_graphs"] <= 2

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from ._sharding import distribute_tensor, is_sharded, local
+
 __all__ = ["RegularizedOptimizer"]
 
 
@@ -70,6 +72,7 @@ class RegularizedOptimizer(Optimizer):
     * ``group_defaults``: the regularization hyperparameters and their default values;
     * ``state_key``: the prefix of the wrapper's per-parameter keys in ``state_dict()``
       and the name of the top-level key that holds its groups;
+    * ``state_names``: the names of its per-parameter state tensors (none for a stateless one);
     * ``validate_group(group)``: raise ``ValueError`` naming any bad value, and turn the
       good ones into plain Python numbers in place (so checkpoints stay weights_only-safe);
     * ``before_inner_step(has_closure)`` / ``after_inner_step(context)``: the regularization pass;
@@ -81,6 +84,7 @@ class RegularizedOptimizer(Optimizer):
 
     group_defaults: dict[str, Any] = {}
     state_key: str = "reg"
+    state_names: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -184,6 +188,7 @@ class RegularizedOptimizer(Optimizer):
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """Run the regularization pass around one step of the inner optimizer."""
+        self._adopt_state_from_inner()
         with torch.no_grad():
             context = self.before_inner_step(closure is not None)
         if closure is None:
@@ -294,6 +299,7 @@ class RegularizedOptimizer(Optimizer):
         """
         for hook in self._optimizer_state_dict_pre_hooks.values():
             hook(self)
+        self._adopt_state_from_inner()
         inner = self.optimizer.state_dict()
         index = self._inner_index()
         state = dict(inner["state"])
@@ -317,8 +323,14 @@ class RegularizedOptimizer(Optimizer):
         """Load a checkpoint written by ``state_dict()`` of a wrapper built the same way.
 
         Everything is checked before anything changes: the regularized parameters (by
-        index), the shapes of the saved tensors, and the saved hyperparameters. The saved
+        position), the shapes of the saved tensors, and the saved hyperparameters. The saved
         hyperparameters replace the current ones, as in torch.
+
+        A state dict that went through ``torch.distributed.checkpoint``
+        (``get_optimizer_state_dict`` / ``set_optimizer_state_dict``) keeps only
+        ``"state"`` and ``"param_groups"``, keyed by parameter names: the wrapper's tensors
+        come back from ``"state"`` (saved sharded tensors are resharded like their
+        parameters) and the regularization settings stay those the wrapper was built with.
         """
         state_dict = dict(state_dict)
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
@@ -327,61 +339,65 @@ class RegularizedOptimizer(Optimizer):
                 state_dict = result
         name = type(self).__name__
         groups_key = f"{self.state_key}_groups"
-        if groups_key not in state_dict:
+        prefix = f"{self.state_key}_"
+        saved_state = state_dict.get("state", {})
+        ours_saved = any(
+            isinstance(k, str) and k.startswith(prefix) for entry in saved_state.values() for k in entry
+        )
+        if groups_key not in state_dict and self.state_names and saved_state and not ours_saved:
             raise ValueError(
-                f"this state_dict has no {groups_key!r}: it was not saved by {name}. "
+                f"this state_dict has no {groups_key!r} and no {name} state: it was not saved by {name} "
+                "(or it went through torch.distributed.checkpoint with flatten_optimizer_state_dict=True, "
+                "which keeps only the inner optimizer's keys: use the default options). "
                 f"To load a checkpoint of the inner optimizer, use {name}.optimizer.load_state_dict"
             )
-        saved_groups = state_dict.pop(groups_key)
+        saved_groups = state_dict.pop(groups_key, None)
         index = self._inner_index()
         params_by_index = {i: p for p, i in ((p, index[id(p)]) for g in self.param_groups for p in g["params"])}
-        if len(saved_groups) != len(self.reg_groups):
-            raise ValueError(
-                f"{name}: the state_dict has {len(saved_groups)} regularization group(s), "
-                f"this optimizer {len(self.reg_groups)}"
-            )
+        # Saved keys -> positions in the param groups' order (torch's own rule, which also
+        # maps the parameter names that torch.distributed.checkpoint uses as keys).
+        position = {
+            key: n for n, key in enumerate(k for g in state_dict.get("param_groups", []) for k in g["params"])
+        }
         new_settings = []
-        for k, (saved, group) in enumerate(zip(saved_groups, self.reg_groups)):
-            ours = [index[id(p)] for p in group["params"]]
-            theirs = list(saved.get("params", []))
-            if ours != theirs:
-                only_ours = sorted(set(ours) - set(theirs))
-                only_theirs = sorted(set(theirs) - set(ours))
+        if saved_groups is not None:
+            if len(saved_groups) != len(self.reg_groups):
                 raise ValueError(
-                    f"{name}: regularization group {k} holds parameters {ours} here but "
-                    f"{theirs} in the state_dict (here only: {only_ours}, saved only: {only_theirs})"
+                    f"{name}: the state_dict has {len(saved_groups)} regularization group(s), "
+                    f"this optimizer {len(self.reg_groups)}"
                 )
-            settings = {key: saved.get(key, group[key]) for key in self.group_defaults}
-            checked = {**settings, "params": group["params"]}
-            self.validate_group(checked)
-            new_settings.append({key: checked[key] for key in self.group_defaults})
+            for k, (saved, group) in enumerate(zip(saved_groups, self.reg_groups)):
+                ours = [index[id(p)] for p in group["params"]]
+                theirs = list(saved.get("params", []))
+                if ours != theirs:
+                    only_ours = sorted(set(ours) - set(theirs))
+                    only_theirs = sorted(set(theirs) - set(ours))
+                    raise ValueError(
+                        f"{name}: regularization group {k} holds parameters {ours} here but "
+                        f"{theirs} in the state_dict (here only: {only_ours}, saved only: {only_theirs})"
+                    )
+                settings = {key: saved.get(key, group[key]) for key in self.group_defaults}
+                checked = {**settings, "params": group["params"]}
+                self.validate_group(checked)
+                new_settings.append({key: checked[key] for key in self.group_defaults})
 
         regularized = {index[id(p)] for p in self.regularized_params()}
-        prefix = f"{self.state_key}_"
         inner_state: dict[Any, Any] = {}
         ours_state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
-        for i, entry in state_dict.get("state", {}).items():
+        for key, entry in saved_state.items():
             mine = {k[len(prefix):]: v for k, v in entry.items() if isinstance(k, str) and k.startswith(prefix)}
             rest = {k: v for k, v in entry.items() if not (isinstance(k, str) and k.startswith(prefix))}
             if rest:
-                inner_state[i] = rest
+                inner_state[key] = rest
             if not mine:
                 continue
+            i = position.get(key, key)
             if i not in regularized:
-                raise ValueError(f"{name}: the state_dict holds {name} state for parameter {i}, which is not regularized here")
+                raise ValueError(
+                    f"{name}: the state_dict holds {name} state for parameter {key!r}, which is not regularized here"
+                )
             param = params_by_index[i]
-            for key, value in mine.items():
-                if not isinstance(value, torch.Tensor) or value.shape != param.shape:
-                    shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                    raise ValueError(
-                        f"{name}: state {key!r} of parameter {i} has shape {shape}, "
-                        f"the parameter {tuple(param.shape)}"
-                    )
-            self.validate_state(i, mine)
-            ours_state[param] = {
-                key: value.detach().to(device=param.device, dtype=state_dtype(param.dtype), copy=True)
-                for key, value in mine.items()
-            }
+            ours_state[param] = self._checked_state(key, param, mine)
 
         self.optimizer.load_state_dict({**state_dict, "state": inner_state})
         for group, settings in zip(self.reg_groups, new_settings):
@@ -390,8 +406,49 @@ class RegularizedOptimizer(Optimizer):
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
 
-    def validate_state(self, index: int, tensors: dict[str, torch.Tensor]) -> None:
-        """Check one parameter's saved state before loading (subclasses name the keys they need)."""
+    def _checked_state(self, key: Any, param: torch.Tensor, saved: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Saved state tensors of ``param`` (checked) as new tensors placed like it."""
+        for k, value in saved.items():
+            if not isinstance(value, torch.Tensor) or value.shape != param.shape:
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(
+                    f"{type(self).__name__}: state {k!r} of parameter {key!r} has shape {shape}, "
+                    f"the parameter {tuple(param.shape)}"
+                )
+        self.validate_state(key, saved)
+        return {k: _placed_like(value, param) for k, value in saved.items()}
+
+    def _adopt_state_from_inner(self) -> None:
+        """Take over this wrapper's tensors found in the inner optimizer's state.
+
+        ``state_dict()`` merges them into the inner entries; code that writes such entries
+        straight into ``optimizer.state[p]`` instead of calling ``load_state_dict``
+        (``ZeroRedundancyOptimizer.load_state_dict`` does, for the optimizer it built) leaves
+        them there. They are checked, moved into ``reg_state`` and removed from the inner
+        state, before anything else changes. A few dict lookups per regularized parameter.
+        """
+        if not self.state_names:
+            return
+        prefix = f"{self.state_key}_"
+        inner_state = self.optimizer.state
+        found: dict[torch.Tensor, dict[str, Any]] = {}
+        for p in self.regularized_params():
+            entry = inner_state.get(p)
+            if entry and any(f"{prefix}{n}" in entry for n in self.state_names):
+                found[p] = {k: v for k, v in entry.items() if isinstance(k, str) and k.startswith(prefix)}
+        if not found:
+            return
+        index = self._inner_index()
+        adopted = {p: self._checked_state(index[id(p)], p, {k[len(prefix):]: v for k, v in saved.items()})
+                   for p, saved in found.items()}
+        for p, saved in found.items():
+            for k in saved:
+                del inner_state[p][k]
+        self.reg_state.update(adopted)
+
+    def validate_state(self, index: Any, tensors: dict[str, torch.Tensor]) -> None:
+        """Check the saved state of the parameter with key ``index`` (its position, or its name
+        in a torch.distributed.checkpoint state dict) before loading."""
 
     # ------------------------------------------------------------------ misc
     def __getstate__(self) -> dict[str, Any]:
@@ -413,6 +470,24 @@ class RegularizedOptimizer(Optimizer):
         lines.append(f"  inner: {inner}")
         lines.append(")")
         return "\n".join(lines)
+
+
+def _placed_like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """A new copy of a saved state tensor, in the state dtype of ``param``, on its device, and
+    sharded as it is (a saved whole tensor is split locally, a saved sharded one resharded
+    or gathered: every rank loads, as with any distributed checkpoint)."""
+    dtype = state_dtype(param.dtype)
+    value = value.detach()
+    if is_sharded(param):
+        if is_sharded(value):
+            if value.device_mesh != param.device_mesh or value.placements != param.placements:
+                value = value.redistribute(param.device_mesh, param.placements)
+            return value.to(dtype=dtype, copy=True)
+        whole = value.to(device=local(param).device, dtype=dtype, copy=True)
+        return distribute_tensor(whole, param.device_mesh, param.placements, src_data_rank=None)
+    if is_sharded(value):
+        value = value.full_tensor()
+    return value.to(device=param.device, dtype=dtype, copy=True)
 
 
 def _inner_chain(optimizer: Optimizer):

@@ -48,6 +48,7 @@ weight before the inner step is a temporary copy taken inside ``step()``.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -55,6 +56,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
+from ._sharding import Shards, complete_sums_, local, shards_of
 from ._wrapper import RegularizedOptimizer, check_finite, check_int, state_dtype
 
 __all__ = ["RLNOptimizer", "rln_update"]
@@ -72,6 +74,25 @@ def _mean(lam: Tensor, batch_dims: int) -> Tensor:
     if batch_dims == 0:
         return lam.mean()
     return lam.mean(dim=tuple(range(batch_dims, lam.ndim)), keepdim=True)
+
+
+def _sum(lam: Tensor, batch_dims: int) -> Tensor:
+    """The sum that :func:`_mean` divides (0 for an empty shard)."""
+    if batch_dims == 0:
+        return lam.sum()
+    return lam.sum(dim=tuple(range(batch_dims, lam.ndim)), keepdim=True)
+
+
+def _whole_means(lams: list[Tensor], batch_dims: int, shards: list[Shards | None] | None) -> list[Tensor]:
+    """:func:`_mean` of each tensor, where ``lams[i]`` may be the local shard of a sharded
+    tensor (``shards[i]`` not None): its mean is then the all-reduced sum of the shards over
+    the whole tensor's element count."""
+    if shards is None or all(s is None for s in shards):
+        return [_mean(lam, batch_dims) for lam in lams]
+    sums = [None if s is None else _sum(lam, batch_dims) for lam, s in zip(lams, shards)]
+    complete_sums_([t for t in sums if t is not None], [s for s in shards if s is not None])
+    return [_mean(lam, batch_dims) if total is None else total.div_(s.count)
+            for lam, s, total in zip(lams, shards, sums)]
 
 
 def _finite_copy(tensor: Tensor, dtype: torch.dtype) -> Tensor:
@@ -98,6 +119,7 @@ def _single_tensor_rln(
     reg_lr: float,
     first_step: bool,
     batch_dims: int = 0,
+    shards: list[Shards | None] | None = None,
 ) -> None:
     """One RLN update, tensor by tensor, in the plain form of the equations.
 
@@ -105,6 +127,8 @@ def _single_tensor_rln(
     ``prevs`` are :math:`w_{\\text{prev}}` in the state dtype (unused, may be None, on
     the first step); ``lams`` and ``r_prevs`` are updated in place. A non-finite gradient
     term (from a NaN/Inf in :math:`w'` or :math:`w_{\\text{prev}}`) counts as 0.
+    ``shards[i]``, when given and not None, says that the tensors of index ``i`` are local
+    shards of a sharded tensor, whose mean is over the whole tensor.
     """
     for i, param in enumerate(params):
         lam, r_prev = lams[i], r_prevs[i]
@@ -113,7 +137,8 @@ def _single_tensor_rln(
             assert prevs is not None
             term = _drop_non_finite_((prevs[i] - param) * r_prev)
             lam.add_(term, alpha=reg_lr)  # lam -= nu * delta * r_prev
-            lam.sub_(_mean(lam, batch_dims) - avg_reg)  # lam += Theta - mean(lam)
+            mean = _whole_means([lam], batch_dims, None if shards is None else [shards[i]])[0]
+            lam.sub_(mean - avg_reg)  # lam += Theta - mean(lam)
         d = torch.sign(w) if norm == 1 else 2 * w
         cap = torch.log(torch.abs(w / d))  # NaN where w == 0 (0/0): no cap there
         bound = lam >= cap  # False against NaN
@@ -135,6 +160,7 @@ def _multi_tensor_rln(
     reg_lr: float,
     first_step: bool,
     batch_dims: int = 0,
+    shards: list[Shards | None] | None = None,
 ) -> None:
     """The same update as :func:`_single_tensor_rln`, with foreach ops per device and dtype.
 
@@ -154,8 +180,8 @@ def _multi_tensor_rln(
     if not first_step:
         assert prevs is not None
         tensor_lists.append(prevs)
-    grouped = _group_tensors_by_device_and_dtype(tensor_lists)
-    for (device_params, device_lams, device_r_prevs, *rest), _ in grouped.values():
+    grouped = _group_tensors_by_device_and_dtype(tensor_lists, with_indices=True)
+    for (device_params, device_lams, device_r_prevs, *rest), indices in grouped.values():
         sdtype = device_lams[0].dtype
         largest = torch.finfo(sdtype).max
         ws = [_finite_copy(p, sdtype) for p in device_params]
@@ -166,7 +192,7 @@ def _multi_tensor_rln(
             for term in scratch:
                 _drop_non_finite_(term)
             torch._foreach_add_(device_lams, scratch, alpha=reg_lr)  # lam -= nu * delta * r_prev
-            excess = [_mean(lam, batch_dims) for lam in device_lams]
+            excess = _whole_means(device_lams, batch_dims, None if shards is None else [shards[i] for i in indices])
             torch._foreach_sub_(excess, avg_reg)
             torch._foreach_sub_(device_lams, excess)  # lam += Theta - mean(lam)
 
@@ -205,16 +231,21 @@ def _multi_tensor_rln(
 
 
 def _fused_rln_kernel(
-    w: Tensor, prev: Tensor, lam: Tensor, r_prev: Tensor, avg_reg: float, reg_lr: float, norm: int, max_exp: float
+    w: Tensor, prev: Tensor, lam: Tensor, r_prev: Tensor, avg_reg: float, reg_lr: float, l1: float, max_exp: float
 ) -> None:
     """The five steps for one 1-D tensor, written for ``torch.compile`` to fuse into one loop
-    (plus the mean's): the same results as :func:`_single_tensor_rln` up to rounding."""
+    (plus the mean's): the same results as :func:`_single_tensor_rln` up to rounding.
+
+    ``l1`` is 1.0 for norm 1 and 0.0 for norm 2: a float, which stays a dynamic argument,
+    where a Python branch on the norm would compile the kernel once more (Dynamo allows 8
+    compilations of one function per process, shared by every dtype pair and norm).
+    """
     wf = w.to(lam.dtype)
     term = (prev - wf) * r_prev
     lam_new = lam + reg_lr * torch.where(torch.isfinite(term), term, 0.0)  # lam -= nu * delta * r_prev
     lam_new = lam_new - (lam_new.mean() - avg_reg)  # lam += Theta - mean(lam)
     ws = torch.where(torch.isfinite(wf), wf, 0.0)
-    d = torch.sign(ws) if norm == 1 else 2 * ws
+    d = torch.sign(ws) * l1 + 2 * ws * (1.0 - l1)  # exactly sign(w) or 2 w
     cap = torch.log(torch.abs(ws / d))  # NaN where w == 0: no cap there
     bound = lam_new >= cap
     lam_new = torch.where(bound, cap, lam_new)
@@ -238,32 +269,37 @@ def _compiled_rln(
     reg_lr: float,
     first_step: bool,
     batch_dims: int = 0,
+    shards: list[Shards | None] | None = None,
 ) -> None:
     """The update through one compiled, fused kernel per tensor (per copy with ``batch_dims``).
 
-    The kernel is compiled once with dynamic shapes and dynamic float arguments, so tensors
-    of any size and any settings reuse it (torch's on-disk cache keeps it across runs). The
-    first step (no gradient term, no projection) and non-contiguous tensors take the
-    foreach path.
+    The kernel is compiled once per (parameter dtype, state dtype), with dynamic shapes and
+    dynamic float arguments, so tensors of any size and any settings reuse it (torch's
+    on-disk cache keeps it across runs). The first step (no gradient term, no projection),
+    non-contiguous tensors, copies of fewer than 2 elements (Dynamo specializes sizes 0
+    and 1) and sharded tensors (whose mean needs an all-reduce) take the foreach path.
     """
     global _compiled_kernel
-    if first_step:
+    if first_step or (shards is not None and any(s is not None for s in shards)):
         _multi_tensor_rln(params, prevs, lams, r_prevs, norm=norm, avg_reg=avg_reg, reg_lr=reg_lr,
-                          first_step=True, batch_dims=batch_dims)
+                          first_step=first_step, batch_dims=batch_dims, shards=shards)
         return
     assert prevs is not None
     if _compiled_kernel is None:
         _compiled_kernel = torch.compile(_fused_rln_kernel, dynamic=True, fullgraph=True)
     rest: list[list[Tensor]] = [[], [], [], []]
     for w, prev, lam, r_prev in zip(params, prevs, lams, r_prevs):
-        if not (w.is_contiguous() and lam.is_contiguous() and r_prev.is_contiguous() and prev.is_contiguous()):
+        copies = math.prod(w.shape[:batch_dims])
+        contiguous = all(t.is_contiguous() for t in (w, prev, lam, r_prev))
+        if not contiguous or w.numel() < 2 * copies:  # sizes 0 and 1 would compile once more
             for bucket, t in zip(rest, (w, prev, lam, r_prev)):
                 bucket.append(t)
             continue
-        copies = math.prod(w.shape[:batch_dims])
         views = [t.view(copies, -1) for t in (w, prev, lam, r_prev)]
         for k in range(copies):
-            _compiled_kernel(*(v[k] for v in views), avg_reg, reg_lr, norm, max_exponent(lam.dtype))
+            # detach(): an alias without a _base, so Dynamo guards no base shape (no recompiles)
+            tensors = (v[k].detach() for v in views)
+            _compiled_kernel(*tensors, avg_reg, reg_lr, float(norm == 1), max_exponent(lam.dtype))
     if rest[0]:
         _multi_tensor_rln(*rest, norm=norm, avg_reg=avg_reg, reg_lr=reg_lr, first_step=False, batch_dims=batch_dims)
 
@@ -334,11 +370,20 @@ class RLNOptimizer(RegularizedOptimizer):
         opt.lambdas(model[0].weight)  # the current log-coefficients
 
     A parameter whose ``.grad`` is None after the inner step is skipped, as torch
-    optimizers skip it: no shrink, no coefficient update.
+    optimizers skip it: no shrink, no coefficient update. So is a parameter whose inner
+    learning rate is 0 (a Python number, or a CPU tensor; one on an accelerator is not
+    read, as that would sync): a frozen layer, or the step at lr 0 that
+    ``torch.distributed.checkpoint`` runs to build the state. The shrink is a training step
+    of the regularizer, as AdamW's decay (``lr * weight_decay``) is.
+
+    Sharded parameters (FSDP2's ``fully_shard``, ``DTensor``) are updated shard by shard,
+    with the mean over the whole tensor (an all-reduce of the shards' sums); their state is
+    sharded like them.
     """
 
     group_defaults = {"norm": 1, "avg_reg": -7.5, "reg_lr": 6e5, "batch_dims": 0}
     state_key = "rln"
+    state_names = ("lam", "r_prev")
 
     def __init__(
         self,
@@ -382,7 +427,7 @@ class RLNOptimizer(RegularizedOptimizer):
                 )
 
     def validate_state(self, index: int, tensors: dict[str, Tensor]) -> None:
-        missing = {"lam", "r_prev"} - set(tensors)
+        missing = set(self.state_names) - set(tensors)
         if missing:
             raise ValueError(f"RLNOptimizer: the state of parameter {index} lacks {sorted(missing)}")
 
@@ -392,46 +437,69 @@ class RLNOptimizer(RegularizedOptimizer):
         Before the first step that reaches ``param`` they are all ``avg_reg``.
         """
         group = self._group_of(param)
+        self._adopt_state_from_inner()
         state = self.reg_state.get(param)
         if state is None:
             return torch.full_like(param, group["avg_reg"], dtype=state_dtype(param.dtype))
         return state["lam"].clone()
 
-    def before_inner_step(self, has_closure: bool) -> dict[Tensor, Tensor]:
-        """Copy the weights that already have RLN state: they are :math:`w_{\\text{prev}}`.
+    def before_inner_step(self, has_closure: bool) -> tuple[dict[Tensor, Tensor], set[int]]:
+        """Copy the weights that already have RLN state: they are :math:`w_{\\text{prev}}`
+        (the local shard of a sharded weight); note the weights whose learning rate is 0.
 
         Without a closure, a weight with no gradient will be skipped, so it is not copied.
         """
-        return {
-            p: p.detach().to(self.reg_state[p]["lam"].dtype, copy=True)
+        resting = self._resting_ids()
+        prevs = {
+            p: local(p).detach().to(local(self.reg_state[p]["lam"]).dtype, copy=True)
             for group in self.reg_groups
             for p in group["params"]
-            if p in self.reg_state and (has_closure or p.grad is not None)
+            if p in self.reg_state and id(p) not in resting and (has_closure or p.grad is not None)
         }
+        return prevs, resting
 
-    def after_inner_step(self, prevs: dict[Tensor, Tensor]) -> None:
+    def after_inner_step(self, context: tuple[dict[Tensor, Tensor], set[int]]) -> None:
+        prevs, resting = context
         update = self._update()
         for group in self.reg_groups:
             settings = {k: group[k] for k in self.group_defaults}
             stepped = [p for p in group["params"] if p.grad is not None]
-            new = [p for p in stepped if p not in self.reg_state]
-            old = [p for p in stepped if p in self.reg_state]
-            for p in new:
-                self.reg_state[p] = {
-                    "lam": torch.full_like(p, group["avg_reg"], dtype=state_dtype(p.dtype)),
-                    "r_prev": torch.zeros_like(p, dtype=state_dtype(p.dtype)),
-                }
-            for params, first_step in ((old, False), (new, True)):
+            new = {id(p) for p in stepped if p not in self.reg_state}
+            for p in stepped:
+                if id(p) in new:
+                    self.reg_state[p] = {
+                        "lam": torch.full_like(p, group["avg_reg"], dtype=state_dtype(p.dtype)),
+                        "r_prev": torch.zeros_like(p, dtype=state_dtype(p.dtype)),
+                    }
+            moving = [p for p in stepped if id(p) not in resting]
+            for first_step in (False, True):
+                params = [p for p in moving if (id(p) in new) == first_step]
                 if not params:
                     continue
+                shards = [shards_of(p, group["batch_dims"]) for p in params]
                 update(
-                    params,
+                    [local(p) for p in params],
                     None if first_step else [prevs[p] for p in params],
-                    [self.reg_state[p]["lam"] for p in params],
-                    [self.reg_state[p]["r_prev"] for p in params],
+                    [local(self.reg_state[p]["lam"]) for p in params],
+                    [local(self.reg_state[p]["r_prev"]) for p in params],
                     first_step=first_step,
+                    shards=None if all(s is None for s in shards) else shards,
                     **settings,
                 )
+
+    def _resting_ids(self) -> set[int]:
+        """The ids of the parameters in inner param groups whose ``lr`` is 0 (a Python number or
+        a CPU tensor; a learning rate on an accelerator is not read, which would sync)."""
+        resting: set[int] = set()
+        for group in self.param_groups:
+            lr = group.get("lr")
+            if isinstance(lr, Tensor):
+                zero = lr.device.type == "cpu" and lr.numel() == 1 and float(lr) == 0.0
+            else:
+                zero = isinstance(lr, numbers.Real) and not isinstance(lr, bool) and lr == 0
+            if zero:
+                resting.update(id(p) for p in group["params"])
+        return resting
 
     def _update(self):
         if self.compile:

@@ -48,6 +48,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
+from ._sharding import Shards, complete_sums_, is_sharded, local, shards_of
 from ._wrapper import RegularizedOptimizer, check_finite, state_dtype
 
 __all__ = ["RMSLNWrapper", "rms_penalty", "rms_penalty_grad", "rmsln_update"]
@@ -66,6 +67,24 @@ def _check_settings(reg_lambda: Any, target: Any) -> tuple[float, float]:
     return values[0], values[1]
 
 
+def _whole_norms(
+    norms: list[Tensor], ws: list[Tensor], shards: list[Shards | None] | None
+) -> tuple[list[Tensor], list[float]]:
+    """The norms and :math:`\\sqrt{n}` of the whole tensors, from the norms of ``ws``.
+
+    ``ws[i]`` is a whole tensor, or (``shards[i]`` not None) the local shard of a sharded
+    one: its norm is then the square root of the all-reduced sum of the shards' squared
+    norms, and :math:`n` the whole tensor's element count.
+    """
+    if shards is None:
+        return norms, [math.sqrt(w.numel()) for w in ws]
+    squares = [n * n for n, s in zip(norms, shards) if s is not None]
+    complete_sums_(squares, [s for s in shards if s is not None])
+    whole = iter(squares)
+    norms = [n if s is None else next(whole).sqrt_() for n, s in zip(norms, shards)]
+    return norms, [math.sqrt(w.numel() if s is None else s.count) for w, s in zip(ws, shards)]
+
+
 def _single_tensor_rmsln(
     params: list[Tensor],
     outs: list[Tensor],
@@ -73,18 +92,22 @@ def _single_tensor_rmsln(
     reg_lambdas: list[float],
     targets: list[float],
     alphas: list[Alpha] | None,
+    shards: list[Shards | None] | None = None,
 ) -> list[Tensor]:
     """``outs[i] += alphas[i] * dR/dW_i``, tensor by tensor, in the plain form of the equations.
 
     ``params`` must be non-empty; ``outs[i]`` is shaped like ``params[i]`` (it may be
-    ``params[i]`` itself); ``alphas`` None means 1. Returns the rms of each tensor (0-d,
-    in the compute dtype, on its device).
+    ``params[i]`` itself); ``alphas`` None means 1. ``shards[i]``, when given and not
+    None, says that ``params[i]`` and ``outs[i]`` are the local shards of a sharded tensor,
+    whose norm is over the whole tensor. Returns the rms of each tensor (0-d, in the
+    compute dtype, on its device).
     """
     rms_list = []
     for i, param in enumerate(params):
         w = param.detach().to(state_dtype(param.dtype))
-        sqrt_n = math.sqrt(w.numel())
-        norm = torch.linalg.vector_norm(w)
+        (norm,), (sqrt_n,) = _whole_norms(
+            [torch.linalg.vector_norm(w)], [w], None if shards is None else [shards[i]]
+        )
         rms = norm / sqrt_n
         coef = reg_lambdas[i] * (2.0 * (rms - targets[i])) / sqrt_n
         if alphas is not None:
@@ -103,6 +126,7 @@ def _multi_tensor_rmsln(
     reg_lambdas: list[float],
     targets: list[float],
     alphas: list[Alpha] | None,
+    shards: list[Shards | None] | None = None,
 ) -> list[Tensor]:
     """The same update as :func:`_single_tensor_rmsln`, with foreach ops per device and dtype.
 
@@ -112,16 +136,13 @@ def _multi_tensor_rmsln(
     (the norm itself, or 1 where it is 0) and the coefficient is multiplied by
     ``sign(norm)``. The results equal the per-tensor path's.
     """
-    if torch.compiler.is_compiling():
-        # Inductor groups by device and dtype itself (as torch.optim does).
-        grouped = {(None, None): ((params, outs), list(range(len(params))))}
-    else:
-        grouped = _group_tensors_by_device_and_dtype([params, outs], with_indices=True)
+    grouped = _group_tensors_by_device_and_dtype([params, outs], with_indices=True)
     rms_list: list[Tensor | None] = [None] * len(params)
     for (device_params, device_outs), indices in grouped.values():
         ws = [p.detach().to(state_dtype(p.dtype)) for p in device_params]
-        sqrt_ns = [math.sqrt(w.numel()) for w in ws]
-        norms = torch._foreach_norm(ws)
+        norms, sqrt_ns = _whole_norms(
+            list(torch._foreach_norm(ws)), ws, None if shards is None else [shards[i] for i in indices]
+        )
         rms = torch._foreach_div(norms, sqrt_ns)
 
         coefs = torch._foreach_sub(rms, [targets[i] for i in indices])
@@ -144,6 +165,71 @@ def _multi_tensor_rmsln(
         torch._foreach_mul_(grads, coefs)
         torch._foreach_add_(device_outs, grads)
         for i, r in zip(indices, rms):
+            rms_list[i] = r
+    return rms_list  # type: ignore[return-value]
+
+
+def _fused_rmsln_kernel(w: Tensor, out: Tensor, reg_lambda: float, target: float, alpha: float) -> Tensor:
+    """``out += alpha * dR/dW`` for one 1-D tensor of at least 2 elements, written for
+    ``torch.compile`` to fuse (the same arithmetic as :func:`_single_tensor_rmsln`)."""
+    wf = w.to(torch.promote_types(w.dtype, torch.float32))
+    sqrt_n = wf.numel() ** 0.5
+    norm = torch.linalg.vector_norm(wf)
+    rms = norm / sqrt_n
+    coef = reg_lambda * (2.0 * (rms - target)) / sqrt_n * alpha
+    nonzero = norm != 0
+    out.add_(torch.where(nonzero, wf / torch.where(nonzero, norm, 1.0) * coef, 0.0))
+    return rms
+
+
+_compiled_kernel = None
+
+
+def _compiled_rmsln(
+    params: list[Tensor],
+    outs: list[Tensor],
+    *,
+    reg_lambdas: list[float],
+    targets: list[float],
+    alphas: list[Alpha] | None,
+    shards: list[Shards | None] | None = None,
+) -> list[Tensor]:
+    """The update through one compiled, fused kernel per tensor.
+
+    Compiled once per dtype, with dynamic shapes and dynamic float arguments, so every
+    model and setting in a process reuses it: compiling the foreach function instead would
+    compile again for every new number of tensors, and Dynamo stops (a hard error with
+    fullgraph) at 8 compilations of one function. Tensors of one element, non-contiguous
+    ones, and those scaled by a tensor learning rate (torch 2.14's compiler fails on a
+    0-d tensor argument here) take the foreach path; sharded ones never come here.
+    """
+    global _compiled_kernel
+    if _compiled_kernel is None:
+        _compiled_kernel = torch.compile(_fused_rmsln_kernel, dynamic=True, fullgraph=True)
+    rms_list: list[Tensor | None] = [None] * len(params)
+    rest = {
+        i for i, p in enumerate(params)
+        if p.numel() < 2
+        or not (p.is_contiguous() and outs[i].is_contiguous())
+        or (alphas is not None and isinstance(alphas[i], Tensor))
+    }
+    for i, (p, out) in enumerate(zip(params, outs)):
+        if i in rest:
+            continue
+        alpha = 1.0 if alphas is None else alphas[i]
+        # view(-1).detach(): flat aliases without a _base, so Dynamo guards no base shape
+        flat_p, flat_out = p.view(-1).detach(), out.view(-1).detach()
+        rms_list[i] = _compiled_kernel(flat_p, flat_out, reg_lambdas[i], targets[i], alpha)
+    if rest:
+        order = sorted(rest)
+        rms_rest = _multi_tensor_rmsln(
+            [params[i] for i in order],
+            [outs[i] for i in order],
+            reg_lambdas=[reg_lambdas[i] for i in order],
+            targets=[targets[i] for i in order],
+            alphas=None if alphas is None else [alphas[i] for i in order],
+        )
+        for i, r in zip(order, rms_rest):
             rms_list[i] = r
     return rms_list  # type: ignore[return-value]
 
@@ -208,6 +294,13 @@ def _penalty_from_rms(rms: Iterable[Tensor], reg_lambda: float, target: float) -
     return None if total is None else reg_lambda * total
 
 
+def _rms(param: Tensor) -> Tensor:
+    """:math:`\\operatorname{rms}(W)` of one non-empty tensor (differentiable); for a sharded
+    one, over the whole tensor, as a plain tensor (a collective: every rank must call it)."""
+    rms = torch.linalg.vector_norm(param.to(state_dtype(param.dtype))) / math.sqrt(param.numel())
+    return rms.full_tensor() if is_sharded(rms) else rms
+
+
 def rms_penalty(params: Iterable[Tensor], reg_lambda: float, target: float = 1.0) -> Tensor:
     r"""The penalty :math:`R = \lambda \sum_l (\operatorname{rms}(W_l) - \tau)^2` (differentiable).
 
@@ -216,11 +309,7 @@ def rms_penalty(params: Iterable[Tensor], reg_lambda: float, target: float = 1.0
     training as :class:`RMSLNWrapper` in its default, coupled mode), or log it.
     """
     reg_lambda, target = _check_settings(reg_lambda, target)
-    rms = [
-        torch.linalg.vector_norm(p.to(state_dtype(p.dtype))) / math.sqrt(p.numel())
-        for p in params
-        if p.numel() > 0
-    ]
+    rms = [_rms(p) for p in params if p.numel() > 0]
     total = _penalty_from_rms(rms, reg_lambda, target)
     return torch.zeros(()) if total is None else total
 
@@ -277,8 +366,9 @@ class RMSLNWrapper(RegularizedOptimizer):
         decoupled: the mode (for the whole wrapper, not per group); see above. Needs an
             ``"lr"`` in the inner param group of every regularized parameter.
         foreach: use the foreach implementation (default) rather than the per-tensor one.
-        compile: run the update through ``torch.compile(fullgraph=True)``; the first step
-            then pays the compile time.
+        compile: run the update as one fused kernel per tensor, compiled with
+            ``torch.compile(fullgraph=True, dynamic=True)`` once per dtype for every model
+            and setting in the process; the first step pays the compile time.
 
     Example::
 
@@ -288,6 +378,9 @@ class RMSLNWrapper(RegularizedOptimizer):
 
     A parameter whose ``.grad`` is None at the step is skipped, as torch optimizers
     (and their weight decay) skip it. The wrapper keeps no state tensors.
+
+    Sharded parameters (FSDP2's ``fully_shard``, ``DTensor``) are updated shard by shard,
+    with each norm over the whole tensor (an all-reduce of the shards' squared norms).
     """
 
     group_defaults = {"reg_lambda": 1e-4, "target": 1.0}
@@ -314,7 +407,6 @@ class RMSLNWrapper(RegularizedOptimizer):
             self._check_lr(self.param_groups, self._regularized_ids())
         self.foreach = True if foreach is None else foreach
         self.compile = bool(compile)
-        self._update_fn = None
 
     def validate_group(self, group: dict[str, Any]) -> None:
         group["reg_lambda"], group["target"] = _check_settings(group["reg_lambda"], group["target"])
@@ -380,7 +472,15 @@ class RMSLNWrapper(RegularizedOptimizer):
         rms: list[Tensor] = []
         if params:
             outs = params if self.decoupled else [p.grad for p in params]
-            rms = self._update()(params, outs, reg_lambdas=lams, targets=tgts, alphas=alphas)
+            shards = [shards_of(p) for p in params]
+            update = self._update()
+            if any(s is not None for s in shards):
+                # Sharded weights: local shards, whole norms (all-reduced), never compiled.
+                update = _multi_tensor_rmsln if self.foreach else _single_tensor_rmsln
+                params, outs = [local(p) for p in params], [local(o) for o in outs]
+            else:
+                shards = None
+            rms = update(params, outs, reg_lambdas=lams, targets=tgts, alphas=alphas, shards=shards)
         if not want_penalty:
             return None
         rms_of = {id(p): r for p, r in zip(params, rms)}
@@ -391,19 +491,16 @@ class RMSLNWrapper(RegularizedOptimizer):
                 if p.numel() == 0:
                     continue
                 r = rms_of.get(id(p))
-                if r is None:  # no grad: the norm was not computed above
-                    r = torch.linalg.vector_norm(p.to(state_dtype(p.dtype))) / math.sqrt(p.numel())
-                group_rms.append(r)
+                group_rms.append(_rms(p) if r is None else r)  # None: no grad, not computed above
             term = _penalty_from_rms(group_rms, float(group["reg_lambda"]), float(group["target"]))
             if term is not None:
                 total = term if total is None else total + term
         return torch.zeros(()) if total is None else total
 
     def _update(self) -> Callable[..., list[Tensor]]:
-        if self._update_fn is None:
-            fn = _multi_tensor_rmsln if self.foreach else _single_tensor_rmsln
-            self._update_fn = torch.compile(fn, fullgraph=True) if self.compile else fn
-        return self._update_fn
+        if self.compile:
+            return _compiled_rmsln
+        return _multi_tensor_rmsln if self.foreach else _single_tensor_rmsln
 
     # ------------------------------------------------------------------ the regularization pass
     def before_inner_step(self, has_closure: bool) -> None:
@@ -427,7 +524,3 @@ class RMSLNWrapper(RegularizedOptimizer):
 
         return regularized_closure
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["_update_fn"] = None  # a compiled function does not pickle
-        return state
