@@ -1,14 +1,12 @@
 """Under DistributedDataParallel (2 processes, gloo, loopback), the wrappers train every rank
 identically, and as one process would on the whole batch."""
 
-import os
-import socket
 import sys
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from spawn import run_ranks
 
 from torch_rln import RLNOptimizer, RMSLNWrapper
 
@@ -45,34 +43,21 @@ def lambdas(opt):
     return [inner.lambdas(p) for p in inner.regularized_params()]
 
 
-def worker(rank, port, which, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        model, opt = make(which)
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
-        x, y = data()
-        for step in range(STEPS):
-            xs, ys = x[step].chunk(WORLD)[rank], y[step].chunk(WORLD)[rank]
-            opt.zero_grad()
-            ((ddp(xs) - ys) ** 2).mean().backward()
-            opt.step()
-        torch.save({"params": [p.detach() for p in model.parameters()], "lambdas": lambdas(opt)}, f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def worker(rank, which):
+    model, opt = make(which)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    x, y = data()
+    for step in range(STEPS):
+        xs, ys = x[step].chunk(WORLD)[rank], y[step].chunk(WORLD)[rank]
+        opt.zero_grad()
+        ((ddp(xs) - ys) ** 2).mean().backward()
+        opt.step()
+    return {"params": [p.detach() for p in model.parameters()], "lambdas": lambdas(opt)}
 
 
 @pytest.mark.parametrize("which", ["rln", "rmsln", "nested"])
 def test_ddp_ranks_agree_and_equal_one_process(which, tmp_path):
-    out = str(tmp_path / "result")
-    mp.start_processes(worker, args=(free_port(), which, out), nprocs=WORLD, start_method="spawn", join=True)
-    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(WORLD)]
+    ranks = run_ranks(worker, tmp_path, which, world=WORLD)
     for a, b in zip(ranks[0]["params"] + ranks[0]["lambdas"], ranks[1]["params"] + ranks[1]["lambdas"]):
         assert torch.equal(a, b)
 

@@ -7,13 +7,12 @@ results.
 """
 
 import os
-import socket
 import sys
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from spawn import run_ranks
 
 from torch_rln import RLNOptimizer, RMSLNWrapper
 
@@ -153,35 +152,23 @@ def checkpoint_round_trip(rank, directory):
     return results
 
 
-def worker(rank, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        results = {}
-        for which in SCENARIOS:
-            model, _ = make(which)
-            model = shard(model)
-            opt = wrap(model, which)
-            train(model, opt, range(STEPS), rank)
-            results[which] = snapshot(model, opt)
-        results["local_shapes"] = {n: tuple(p.to_local().shape) for n, p in model.named_parameters()}
-        results["checkpoint"] = checkpoint_round_trip(rank, os.path.join(os.path.dirname(out), "dcp"))
-        torch.save(results, f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def worker(rank, directory):
+    results = {}
+    for which in SCENARIOS:
+        model, _ = make(which)
+        model = shard(model)
+        opt = wrap(model, which)
+        train(model, opt, range(STEPS), rank)
+        results[which] = snapshot(model, opt)
+    results["local_shapes"] = {n: tuple(p.to_local().shape) for n, p in model.named_parameters()}
+    results["checkpoint"] = checkpoint_round_trip(rank, os.path.join(directory, "dcp"))
+    return results
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("fsdp") / "result")
-    mp.start_processes(worker, args=(free_port(), out), nprocs=WORLD, start_method="spawn", join=True)
-    return [torch.load(f"{out}.{r}", weights_only=False) for r in range(WORLD)]
+    directory = str(tmp_path_factory.mktemp("fsdp"))
+    return run_ranks(worker, directory, directory, world=WORLD)
 
 
 def assert_same(a, b, **tolerance):

@@ -3,13 +3,12 @@ built by it from a factory (each rank then keeps the RLN state of its own partit
 Both train as one process does, and resume exactly from a consolidated checkpoint."""
 
 import os
-import socket
 import sys
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from spawn import run_ranks
 
 from torch_rln import RLNOptimizer
 
@@ -66,46 +65,34 @@ def consolidated_state_dict(opt, mode, path):
     return torch.load(path, weights_only=True)
 
 
-def worker(rank, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        results = {}
-        for mode in MODES:
-            model, opt = make(mode)
-            ddp = torch.nn.parallel.DistributedDataParallel(model)
-            train(ddp, opt, range(RESUME_AT), rank)
-            weights = [p.detach().clone() for p in model.parameters()]
-            saved = consolidated_state_dict(opt, mode, f"{out}.{mode}.pt")
-            train(ddp, opt, range(RESUME_AT, STEPS), rank)
-            results[mode] = [p.detach().clone() for p in model.parameters()]
+def worker(rank, directory):
+    results = {}
+    for mode in MODES:
+        model, opt = make(mode)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        train(ddp, opt, range(RESUME_AT), rank)
+        weights = [p.detach().clone() for p in model.parameters()]
+        saved = consolidated_state_dict(opt, mode, os.path.join(directory, f"{mode}.pt"))
+        train(ddp, opt, range(RESUME_AT, STEPS), rank)
+        results[mode] = [p.detach().clone() for p in model.parameters()]
 
-            model2, opt2 = make(mode)  # a fresh start from the checkpoint
-            with torch.no_grad():
-                for p, w in zip(model2.parameters(), weights):
-                    p.copy_(w)
-            opt2.load_state_dict(saved)
-            ddp2 = torch.nn.parallel.DistributedDataParallel(model2)
-            train(ddp2, opt2, range(RESUME_AT, STEPS), rank)
-            results[f"{mode}_resumed"] = [p.detach().clone() for p in model2.parameters()]
-            local = opt.optim if mode == "built_by_zero" else opt
-            results[f"{mode}_rln_tensors_here"] = len(local.reg_state)
-        torch.save(results, f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        model2, opt2 = make(mode)  # a fresh start from the checkpoint
+        with torch.no_grad():
+            for p, w in zip(model2.parameters(), weights):
+                p.copy_(w)
+        opt2.load_state_dict(saved)
+        ddp2 = torch.nn.parallel.DistributedDataParallel(model2)
+        train(ddp2, opt2, range(RESUME_AT, STEPS), rank)
+        results[f"{mode}_resumed"] = [p.detach().clone() for p in model2.parameters()]
+        local = opt.optim if mode == "built_by_zero" else opt
+        results[f"{mode}_rln_tensors_here"] = len(local.reg_state)
+    return results
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("zero") / "result")
-    mp.start_processes(worker, args=(free_port(), out), nprocs=WORLD, start_method="spawn", join=True)
-    return [torch.load(f"{out}.{r}", weights_only=True) for r in range(WORLD)]
+    directory = str(tmp_path_factory.mktemp("zero"))
+    return run_ranks(worker, directory, directory, world=WORLD)
 
 
 @pytest.mark.parametrize("mode", MODES)
