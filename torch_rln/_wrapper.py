@@ -430,11 +430,12 @@ class RegularizedOptimizer(Optimizer):
         if not self.state_names:
             return
         prefix = f"{self.state_key}_"
+        keys = [prefix + name for name in self.state_names]
         inner_state = self.optimizer.state
         found: dict[torch.Tensor, dict[str, Any]] = {}
         for p in self.regularized_params():
             entry = inner_state.get(p)
-            if entry and any(f"{prefix}{n}" in entry for n in self.state_names):
+            if entry and any(k in entry for k in keys):
                 found[p] = {k: v for k, v in entry.items() if isinstance(k, str) and k.startswith(prefix)}
         if not found:
             return

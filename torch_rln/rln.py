@@ -464,9 +464,10 @@ class RLNOptimizer(RegularizedOptimizer):
         for group in self.reg_groups:
             settings = {k: group[k] for k in self.group_defaults}
             stepped = [p for p in group["params"] if p.grad is not None]
-            new = {id(p) for p in stepped if p not in self.reg_state}
+            new: set[int] = set()
             for p in stepped:
-                if id(p) in new:
+                if p not in self.reg_state:
+                    new.add(id(p))
                     self.reg_state[p] = {
                         "lam": torch.full_like(p, group["avg_reg"], dtype=state_dtype(p.dtype)),
                         "r_prev": torch.zeros_like(p, dtype=state_dtype(p.dtype)),

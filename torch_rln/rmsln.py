@@ -473,14 +473,13 @@ class RMSLNWrapper(RegularizedOptimizer):
         if params:
             outs = params if self.decoupled else [p.grad for p in params]
             shards = [shards_of(p) for p in params]
-            update = self._update()
             if any(s is not None for s in shards):
                 # Sharded weights: local shards, whole norms (all-reduced), never compiled.
                 update = _multi_tensor_rmsln if self.foreach else _single_tensor_rmsln
-                params, outs = [local(p) for p in params], [local(o) for o in outs]
+                rms = update([local(p) for p in params], [local(o) for o in outs],
+                             reg_lambdas=lams, targets=tgts, alphas=alphas, shards=shards)
             else:
-                shards = None
-            rms = update(params, outs, reg_lambdas=lams, targets=tgts, alphas=alphas, shards=shards)
+                rms = self._update()(params, outs, reg_lambdas=lams, targets=tgts, alphas=alphas)
         if not want_penalty:
             return None
         rms_of = {id(p): r for p, r in zip(params, rms)}
