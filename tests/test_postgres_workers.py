@@ -53,17 +53,15 @@ def postgres_url():
     shutil.chown(root, "postgres", "postgres")
     port = free_port()
     as_postgres = ["runuser", "-u", "postgres", "--"]
-    started = False
     try:
         subprocess.run([*as_postgres, initdb, "-D", data, "-A", "trust", "-U", "postgres"],
                        check=True, capture_output=True, timeout=120)
         subprocess.run([*as_postgres, pg_ctl, "-D", data, "-l", os.path.join(root, "log"), "-w", "-t", "60",
                         "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"],
                        check=True, capture_output=True, timeout=90)
-        started = True
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
     finally:
-        if started:
+        if os.path.isdir(data):  # also after a start that failed or timed out: it may still run
             subprocess.run([*as_postgres, pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"],
                            capture_output=True, timeout=60)
         shutil.rmtree(root, ignore_errors=True)
