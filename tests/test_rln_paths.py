@@ -136,7 +136,8 @@ def test_compiled_update_compiles_once_per_dtype_pair():
     dtypes = (torch.float32, torch.float64, torch.bfloat16)
     for dtype in dtypes:
         for norm in (1, 2):
-            for shape, batch_dims in (((5, 7), 0), ((1, 1), 0), ((3, 1, 4), 0), ((0, 3), 0), ((4, 6, 5), 1)):
+            for shape, batch_dims in (((5, 7), 0), ((1, 1), 0), ((3, 1, 4), 0), ((0, 3), 0), ((4, 6, 5), 1),
+                                      ((0, 3), 1)):
                 torch.manual_seed(0)
                 w0 = 0.3 * torch.randn(shape)
                 results = []
@@ -154,3 +155,22 @@ def test_compiled_update_compiles_once_per_dtype_pair():
                 torch.testing.assert_close(w_compiled, w_eager, rtol=tol, atol=tol)
                 torch.testing.assert_close(lam_compiled, lam_eager, rtol=1e-4, atol=1e-3)
     assert counters["stats"]["unique_graphs"] == len(dtypes)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weights_near_the_largest_float_stay_finite_on_every_path(dtype):
+    """L1 never forms ``2 w`` (it overflows past half the largest float, and ``inf * 0`` is NaN):
+    a weight of 3e38 is shrunk by exp(lam), as every other weight, on all three paths."""
+    results = []
+    for path in ("per_tensor", "foreach", "compiled"):
+        w = torch.nn.Parameter(torch.tensor([[3e38, 0.5, -0.25, 1.0]], dtype=dtype))
+        opt = RLNOptimizer(torch.optim.SGD([w], lr=1e-3), norm=1, avg_reg=-5.0, reg_lr=1.0,
+                           foreach=path != "per_tensor", compile=path == "compiled")
+        for _ in range(3):
+            w.grad = torch.full_like(w, 0.1)
+            opt.step()
+        assert torch.isfinite(w).all() and torch.isfinite(opt.lambdas(w)).all(), path
+        results.append((w.detach().float(), opt.lambdas(w)))
+    for w, lam in results[1:]:
+        torch.testing.assert_close(w, results[0][0], rtol=1e-6, atol=0)
+        torch.testing.assert_close(lam, results[0][1], rtol=1e-5, atol=1e-5)

@@ -245,7 +245,7 @@ def _fused_rln_kernel(
     lam_new = lam + reg_lr * torch.where(torch.isfinite(term), term, 0.0)  # lam -= nu * delta * r_prev
     lam_new = lam_new - (lam_new.mean() - avg_reg)  # lam += Theta - mean(lam)
     ws = torch.where(torch.isfinite(wf), wf, 0.0)
-    d = torch.sign(ws) * l1 + 2 * ws * (1.0 - l1)  # exactly sign(w) or 2 w
+    d = torch.sign(ws) * l1 + ws * (2.0 * (1.0 - l1))  # exactly sign(w) or 2 w; no 2 w = inf for L1
     cap = torch.log(torch.abs(ws / d))  # NaN where w == 0: no cap there
     bound = lam_new >= cap
     lam_new = torch.where(bound, cap, lam_new)
@@ -291,7 +291,7 @@ def _compiled_rln(
     for w, prev, lam, r_prev in zip(params, prevs, lams, r_prevs):
         copies = math.prod(w.shape[:batch_dims])
         contiguous = all(t.is_contiguous() for t in (w, prev, lam, r_prev))
-        if not contiguous or w.numel() < 2 * copies:  # sizes 0 and 1 would compile once more
+        if not contiguous or w.numel() < 2 * max(copies, 1):  # sizes 0 and 1 would compile once more
             for bucket, t in zip(rest, (w, prev, lam, r_prev)):
                 bucket.append(t)
             continue
