@@ -481,6 +481,11 @@ def test_mismatched_checkpoints_are_refused_before_anything_changes():
         opt.load_state_dict(bad_setting)
     with pytest.raises(ValueError, match="has no 'rln_groups'.*optimizer.load_state_dict"):
         opt.load_state_dict(opt.optimizer.state_dict())
+    lam = opt.lambdas(model[0].weight)
+    fresh_inner = torch.optim.Adam(model.parameters(), lr=1e-2).state_dict()  # no state at all
+    with pytest.raises(ValueError, match="has no 'rln_groups'"):
+        opt.load_state_dict(fresh_inner)
+    assert torch.equal(opt.lambdas(model[0].weight), lam)  # the coefficients are not wiped
 
 
 # ---------------------------------------------------------------- stacked copies

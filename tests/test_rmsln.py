@@ -327,6 +327,18 @@ def test_bad_settings_rejected(key, value):
         rms_penalty(weights(model), **{"reg_lambda": 0.1, key: value})
 
 
+def test_an_inner_optimizers_state_dict_is_refused():
+    """A state dict without "rmsln_groups" is not RMSLN's, unless torch.distributed.checkpoint
+    made it (parameters keyed by name): loading the inner optimizer's checkpoint is a mistake."""
+    model = make_model()
+    opt = RMSLNWrapper(torch.optim.Adam(model.parameters(), lr=1e-2), reg_lambda=0.1)
+    train_wrapped(model, opt, make_batches(), 2)
+    before = opt.state_dict()
+    with pytest.raises(ValueError, match="has no 'rmsln_groups'.*RMSLNWrapper.optimizer.load_state_dict"):
+        opt.load_state_dict(torch.optim.Adam(model.parameters(), lr=0.5).state_dict())
+    assert opt.param_groups[0]["lr"] == 1e-2 and len(opt.state) == len(before["state"])
+
+
 def test_bad_setting_in_state_dict_changes_nothing():
     model = make_model()
     opt = RMSLNWrapper(torch.optim.Adam(model.parameters(), lr=1e-2), reg_lambda=0.1)

@@ -341,16 +341,21 @@ class RegularizedOptimizer(Optimizer):
         groups_key = f"{self.state_key}_groups"
         prefix = f"{self.state_key}_"
         saved_state = state_dict.get("state", {})
-        ours_saved = any(
-            isinstance(k, str) and k.startswith(prefix) for entry in saved_state.values() for k in entry
-        )
-        if groups_key not in state_dict and self.state_names and saved_state and not ours_saved:
-            raise ValueError(
-                f"this state_dict has no {groups_key!r} and no {name} state: it was not saved by {name} "
-                "(or it went through torch.distributed.checkpoint with flatten_optimizer_state_dict=True, "
-                "which keeps only the inner optimizer's keys: use the default options). "
-                f"To load a checkpoint of the inner optimizer, use {name}.optimizer.load_state_dict"
+        if groups_key not in state_dict:
+            # Only torch.distributed.checkpoint drops our groups key, and it keys the
+            # parameters by name; any other state dict without it is not ours.
+            by_name = any(isinstance(k, str) for g in state_dict.get("param_groups", []) for k in g["params"])
+            ours_saved = any(
+                isinstance(k, str) and k.startswith(prefix) for entry in saved_state.values() for k in entry
             )
+            if not by_name or (self.state_names and saved_state and not ours_saved):
+                raise ValueError(
+                    f"this state_dict has no {groups_key!r}"
+                    + (f" and no {name} state" if self.state_names else "")
+                    + f": it was not saved by {name} (or it went through torch.distributed.checkpoint with "
+                    "flatten_optimizer_state_dict=True, which keeps only the inner optimizer's keys: use the "
+                    f"default options). To load a checkpoint of the inner optimizer, use {name}.optimizer.load_state_dict"
+                )
         saved_groups = state_dict.pop(groups_key, None)
         index = self._inner_index()
         params_by_index = {i: p for p, i in ((p, index[id(p)]) for g in self.param_groups for p in g["params"])}
