@@ -152,8 +152,49 @@ def checkpoint_round_trip(rank, directory):
     return results
 
 
+TP_STEPS = 6
+
+
+def tp_gradients():
+    """The whole gradients of a 3x5 and a 4x5 weight for each step."""
+    g = torch.Generator().manual_seed(2)
+    return [(torch.randn(3, 5, generator=g, dtype=torch.float64), torch.randn(4, 5, generator=g, dtype=torch.float64))
+            for _ in range(TP_STEPS)]
+
+
+def tp_weights():
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(3, 5, generator=g, dtype=torch.float64), torch.randn(4, 5, generator=g, dtype=torch.float64)
+
+
+def train_tp(params, gradients, opt):
+    for grads in gradients:
+        for p, grad in zip(params, grads):
+            p.grad = grad
+        opt.step()
+    return [p.detach() for p in params]
+
+
+def tensor_parallel_gradients(rank):
+    """RMSLN (coupled) with gradients placed unlike their weights, as tensor parallelism leaves
+    them: a Partial gradient (each rank holds a part of the sum) on a replicated weight, and a
+    replicated gradient on a sharded weight. The whole weights after training."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    a, b = tp_weights()
+    a = torch.nn.Parameter(distribute_tensor(a, mesh, [Replicate()]))
+    b = torch.nn.Parameter(distribute_tensor(b, mesh, [Shard(0)]))
+    share = 0.25 if rank == 0 else 0.75
+    gradients = [(DTensor.from_local(ga * share, mesh, [Partial()]), distribute_tensor(gb, mesh, [Replicate()]))
+                 for ga, gb in tp_gradients()]
+    opt = RMSLNWrapper(torch.optim.SGD([a, b], lr=0.1), reg_lambda=0.5)
+    return [p.full_tensor() for p in train_tp([a, b], gradients, opt)]
+
+
 def worker(rank, directory):
-    results = {}
+    results = {"tp_gradients": tensor_parallel_gradients(rank)}
     for which in SCENARIOS:
         model, _ = make(which)
         model = shard(model)
@@ -211,3 +252,11 @@ def test_distributed_checkpoint_resumes_exactly(ranks):
         result = rank["checkpoint"]
         assert_same(result["loaded"], rank["checkpoint"]["adam_save_moves"][0])
         assert_same(result["resumed"], result["uninterrupted"])
+
+
+def test_rmsln_redistributes_gradients_placed_unlike_their_weights(ranks):
+    params = [torch.nn.Parameter(w) for w in tp_weights()]
+    expected = train_tp(params, tp_gradients(), RMSLNWrapper(torch.optim.SGD(params, lr=0.1), reg_lambda=0.5))
+    for rank in ranks:
+        for got, want in zip(rank["tp_gradients"], expected):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)

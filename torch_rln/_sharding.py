@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Shards", "complete_sums_", "is_sharded", "local", "shards_of"]
+__all__ = ["Shards", "complete_sums_", "distribute_tensor", "grad_placed_like_", "is_sharded", "local", "shards_of"]
 
 if dist.is_available():
     from torch.distributed.tensor import DTensor, distribute_tensor
@@ -40,6 +40,17 @@ def local(tensor: Tensor) -> Tensor:
     """The part of ``tensor`` this rank holds: its local shard (sharing storage) for a
     ``DTensor``, the tensor itself otherwise."""
     return tensor.to_local() if is_sharded(tensor) else tensor
+
+
+def grad_placed_like_(param: Tensor) -> Tensor:
+    """``param.grad``, redistributed first (and stored back) if it is a ``DTensor`` placed
+    unlike ``param``: tensor parallelism can leave a ``Partial`` gradient (a sum still to
+    reduce) on a replicated weight, whose local values are not its elements. A no-op for
+    plain tensors and for FSDP2, whose gradients are sharded like their parameters."""
+    grad = param.grad
+    if is_sharded(grad) and is_sharded(param) and grad.placements != param.placements:
+        param.grad = grad = grad.redistribute(param.device_mesh, param.placements)
+    return grad
 
 
 @dataclass(frozen=True)

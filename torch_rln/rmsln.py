@@ -48,7 +48,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
-from ._sharding import Shards, complete_sums_, is_sharded, local, shards_of
+from ._sharding import Shards, complete_sums_, grad_placed_like_, is_sharded, local, shards_of
 from ._wrapper import RegularizedOptimizer, check_finite, state_dtype
 
 __all__ = ["RMSLNWrapper", "rms_penalty", "rms_penalty_grad", "rmsln_update"]
@@ -471,7 +471,7 @@ class RMSLNWrapper(RegularizedOptimizer):
             alphas = [neg_lr_of[id(p)] for p in params]
         rms: list[Tensor] = []
         if params:
-            outs = params if self.decoupled else [p.grad for p in params]
+            outs = params if self.decoupled else [grad_placed_like_(p) for p in params]
             shards = [shards_of(p) for p in params]
             if any(s is not None for s in shards):
                 # Sharded weights: local shards, whole norms (all-reduced), never compiled.
