@@ -403,6 +403,40 @@ def test_distributed_checkpoint_functions_round_trip_in_one_process():
         )
 
 
+def test_distributed_checkpoint_of_a_stateless_inner_optimizer_loads_with_strict_false():
+    """Over plain SGD only the regularized weights have state: torch.distributed.checkpoint's
+    strict load refuses that (as the README says), and strict=False resumes exactly."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    data = batches(10)
+    model = make_model()
+    opt = RLNOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), avg_reg=-4.0, reg_lr=1e3)
+    for x, y in data[:5]:
+        train_step(model, opt, x, y)
+    saved = copy.deepcopy(get_optimizer_state_dict(model, opt))
+    weights = [p.detach().clone() for p in model.parameters()]
+    for x, y in data[5:]:
+        train_step(model, opt, x, y)
+
+    resumed = make_model(seed=7)
+    with torch.no_grad():
+        for p, w in zip(resumed.parameters(), weights):
+            p.copy_(w)
+    resumed_opt = RLNOptimizer(torch.optim.SGD(resumed.parameters(), lr=0.05), avg_reg=-4.0, reg_lr=1e3)
+    with pytest.raises(RuntimeError, match="Missing optimizer state for parameter '0.bias'"):
+        set_optimizer_state_dict(resumed, resumed_opt, saved)
+    set_optimizer_state_dict(resumed, resumed_opt, saved, options=StateDictOptions(strict=False))
+    for x, y in data[5:]:
+        train_step(resumed, resumed_opt, x, y)
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    assert (model[0].weight == 0).any()
+
+
 def test_state_written_straight_into_the_inner_state_is_taken_over():
     """ZeroRedundancyOptimizer.load_state_dict writes checkpoint entries into
     ``optimizer.state[p]`` itself: the RLN tensors among them are checked and taken over at
