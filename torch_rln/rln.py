@@ -426,7 +426,7 @@ class RLNOptimizer(RegularizedOptimizer):
                     "(it needs at least one dimension beyond the batch dimensions)"
                 )
 
-    def validate_state(self, index: int, tensors: dict[str, Tensor]) -> None:
+    def validate_state(self, index: Any, tensors: dict[str, Tensor]) -> None:
         missing = set(self.state_names) - set(tensors)
         if missing:
             raise ValueError(f"RLNOptimizer: the state of parameter {index} lacks {sorted(missing)}")

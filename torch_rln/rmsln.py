@@ -411,7 +411,7 @@ class RMSLNWrapper(RegularizedOptimizer):
     def validate_group(self, group: dict[str, Any]) -> None:
         group["reg_lambda"], group["target"] = _check_settings(group["reg_lambda"], group["target"])
 
-    def validate_state(self, index: int, tensors: dict[str, Tensor]) -> None:
+    def validate_state(self, index: Any, tensors: dict[str, Tensor]) -> None:
         raise ValueError(
             f"RMSLNWrapper keeps no per-parameter state, but the state_dict holds "
             f"{sorted(f'{self.state_key}_{k}' for k in tensors)} for parameter {index}"
