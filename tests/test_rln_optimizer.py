@@ -364,6 +364,38 @@ def test_a_step_at_lr_zero_then_training_equals_training():
     assert (params_a[0] == 0).any()
 
 
+def checkpointed_run(make_inner, **settings):
+    """Ten steps of RLN, the optimizer saved through torch.distributed.checkpoint after five;
+    a fresh model holding the weights of step 5 with a fresh optimizer to resume in, and a
+    function that resumes it and checks that it ends exactly where the first run did."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    data = batches(10)
+    model = make_model()
+    opt = RLNOptimizer(make_inner(model.parameters()), **settings)
+    for x, y in data[:5]:
+        train_step(model, opt, x, y)
+    saved = copy.deepcopy(get_optimizer_state_dict(model, opt))
+    weights = [p.detach().clone() for p in model.parameters()]
+    for x, y in data[5:]:
+        train_step(model, opt, x, y)
+
+    resumed = make_model(seed=7)
+    with torch.no_grad():
+        for p, w in zip(resumed.parameters(), weights):
+            p.copy_(w)
+    resumed_opt = RLNOptimizer(make_inner(resumed.parameters()), **settings)
+
+    def resume_and_compare():
+        for x, y in data[5:]:
+            train_step(resumed, resumed_opt, x, y)
+        for a, b in zip(model.parameters(), resumed.parameters()):
+            assert torch.equal(a, b)
+        assert (model[0].weight == 0).any()  # RLN is at work
+
+    return model, opt, saved, resumed, resumed_opt, resume_and_compare
+
+
 def test_distributed_checkpoint_functions_round_trip_in_one_process():
     """torch.distributed.checkpoint's get/set_optimizer_state_dict key the state by parameter
     name and keep only "state" and "param_groups": the RLN tensors come back, the settings
@@ -374,27 +406,12 @@ def test_distributed_checkpoint_functions_round_trip_in_one_process():
         set_optimizer_state_dict,
     )
 
-    data = batches(10)
-    model = make_model()
-    opt = RLNOptimizer(torch.optim.Adam(model.parameters(), lr=1e-2), avg_reg=-5.0, reg_lr=1e4)
-    for x, y in data[:5]:
-        train_step(model, opt, x, y)
-    saved = copy.deepcopy(get_optimizer_state_dict(model, opt))
+    model, opt, saved, resumed, resumed_opt, resume_and_compare = checkpointed_run(
+        lambda ps: torch.optim.Adam(ps, lr=1e-2), avg_reg=-5.0, reg_lr=1e4
+    )
     assert set(saved) == {"state", "param_groups"} and "rln_lam" in saved["state"]["0.weight"]
-    weights = [p.detach().clone() for p in model.parameters()]
-    for x, y in data[5:]:
-        train_step(model, opt, x, y)
-
-    resumed = make_model(seed=7)
-    with torch.no_grad():
-        for p, w in zip(resumed.parameters(), weights):
-            p.copy_(w)
-    resumed_opt = RLNOptimizer(torch.optim.Adam(resumed.parameters(), lr=1e-2), avg_reg=-5.0, reg_lr=1e4)
     set_optimizer_state_dict(resumed, resumed_opt, saved)
-    for x, y in data[5:]:
-        train_step(resumed, resumed_opt, x, y)
-    for a, b in zip(model.parameters(), resumed.parameters()):
-        assert torch.equal(a, b)
+    resume_and_compare()
 
     flat = get_optimizer_state_dict(model, opt, options=StateDictOptions(flatten_optimizer_state_dict=True))
     with pytest.raises(ValueError, match="flatten_optimizer_state_dict=True"):
@@ -406,35 +423,15 @@ def test_distributed_checkpoint_functions_round_trip_in_one_process():
 def test_distributed_checkpoint_of_a_stateless_inner_optimizer_loads_with_strict_false():
     """Over plain SGD only the regularized weights have state: torch.distributed.checkpoint's
     strict load refuses that (as the README says), and strict=False resumes exactly."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_optimizer_state_dict,
-        set_optimizer_state_dict,
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    _, _, saved, resumed, resumed_opt, resume_and_compare = checkpointed_run(
+        lambda ps: torch.optim.SGD(ps, lr=0.05), avg_reg=-4.0, reg_lr=1e3
     )
-
-    data = batches(10)
-    model = make_model()
-    opt = RLNOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), avg_reg=-4.0, reg_lr=1e3)
-    for x, y in data[:5]:
-        train_step(model, opt, x, y)
-    saved = copy.deepcopy(get_optimizer_state_dict(model, opt))
-    weights = [p.detach().clone() for p in model.parameters()]
-    for x, y in data[5:]:
-        train_step(model, opt, x, y)
-
-    resumed = make_model(seed=7)
-    with torch.no_grad():
-        for p, w in zip(resumed.parameters(), weights):
-            p.copy_(w)
-    resumed_opt = RLNOptimizer(torch.optim.SGD(resumed.parameters(), lr=0.05), avg_reg=-4.0, reg_lr=1e3)
     with pytest.raises(RuntimeError, match="Missing optimizer state for parameter '0.bias'"):
         set_optimizer_state_dict(resumed, resumed_opt, saved)
     set_optimizer_state_dict(resumed, resumed_opt, saved, options=StateDictOptions(strict=False))
-    for x, y in data[5:]:
-        train_step(resumed, resumed_opt, x, y)
-    for a, b in zip(model.parameters(), resumed.parameters()):
-        assert torch.equal(a, b)
-    assert (model[0].weight == 0).any()
+    resume_and_compare()
 
 
 def test_state_written_straight_into_the_inner_state_is_taken_over():
