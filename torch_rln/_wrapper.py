@@ -344,7 +344,7 @@ class RegularizedOptimizer(Optimizer):
         if groups_key not in state_dict:
             # Only torch.distributed.checkpoint drops our groups key, and it keys the
             # parameters by name; any other state dict without it is not ours.
-            by_name = any(isinstance(k, str) for g in state_dict.get("param_groups", []) for k in g["params"])
+            by_name = any(isinstance(k, str) for g in state_dict.get("param_groups", []) for k in g.get("params", ()))
             ours_saved = any(
                 isinstance(k, str) and k.startswith(prefix) for entry in saved_state.values() for k in entry
             )
