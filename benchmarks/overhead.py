@@ -169,14 +169,12 @@ def rln_pass(device: torch.device, repeats: int) -> dict[str, Any]:
     torch.manual_seed(0)
     weights = [p.detach().clone() for p in resnet50().to(device).parameters() if p.ndim >= 2]
     n = sum(w.numel() for w in weights)
-    prevs_src = [w + 1e-4 * torch.randn_like(w) for w in weights]
     lams = [torch.full_like(w, -10.0) for w in weights]
     r_prevs = [1e-6 * torch.randn_like(w) for w in weights]
-    settings = dict(norm=1, avg_reg=-10.0, reg_lr=1e6, first_step=False)
+    settings = dict(norm=1, avg_reg=-10.0, reg_lr=1e6, project=True)
 
     def run(fn):
-        prevs = [p.clone() for p in prevs_src]  # the snapshot: part of a real step
-        fn(weights, prevs, lams, r_prevs, **settings)
+        fn(weights, lams, r_prevs, **settings)
 
     results: dict[str, Any] = {"elements": n, "bytes_per_element_update": RLN_UPDATE_BYTES,
                                "bytes_per_element_with_snapshot": RLN_UPDATE_BYTES + RLN_SNAPSHOT_BYTES}
@@ -243,11 +241,10 @@ def callback_vs_rln(device: torch.device, repeats: int) -> dict[str, float]:
     results = {"callback_seconds": callback_s}
     w = weight.detach().clone()
     for name, fn in (("foreach", _multi_tensor_rln), ("compiled", _compiled_rln)):
-        prev = w + 1e-4 * torch.randn_like(w)
         lam, r_prev = torch.full_like(w, -10.0), torch.zeros_like(w)
 
         def ours():
-            fn([w], [prev.clone()], [lam], [r_prev], norm=1, avg_reg=-10.0, reg_lr=1e6, first_step=False)
+            fn([w], [lam], [r_prev], norm=1, avg_reg=-10.0, reg_lr=1e6, project=True)
 
         results[f"rln_{name}_seconds"] = median_time(ours, device, repeats)
     return results

@@ -86,7 +86,7 @@ def test_accelerate_prepare_and_train():
             losses.append(loss.item())
     assert p_opt.optimizer is opt
     assert (model[0].weight == 0).any()
-    assert opt.reg_state[model[0].weight]["lam"].std() > 0
+    assert opt.lambdas(model[0].weight).std() > 0
     assert opt.optimizer.param_groups[0]["lr"] < 0.05  # the scheduler reached the inner optimizer
     state = p_opt.state_dict()
     assert "rln_groups" in state and "rln_lam" in state["state"][0]

@@ -55,8 +55,7 @@ def run_both(norm, avg_reg, reg_lr, dtype, path, steps=STEPS):
         opt.zero_grad()
         ((xt @ w.T - yt) ** 2).mean().backward()
         opt.step()
-        state = opt.reg_state[w]
-        yield w.detach(), state["lam"], state["r_prev"], ref
+        yield w.detach(), opt.lambdas(w), opt.reg_state[w]["r_prev"], ref
 
 
 @pytest.mark.parametrize("path", ["foreach", "per_tensor", "compiled"])
@@ -99,17 +98,17 @@ def test_pinned_weight_with_huge_coefficient_stays_zero_and_finite(dtype, path):
     w.grad = torch.zeros_like(w)
     opt.step()  # creates the state
     overflow = 709.0 if dtype == torch.float64 else 88.0  # where exp overflows the state dtype
-    opt.reg_state[w]["lam"][0, :2] = overflow + 20.0
+    opt.reg_state[w]["acc"][0, :2] = overflow + 20.0  # the weights are 0: the folded coefficient is lam
     for _ in range(20):
         w.grad = (0.1 * torch.randn(1, 1000, generator=g)).to(dtype)
         w.grad[0, :2] = 0.0
         opt.step()
-        state = opt.reg_state[w]
+        lam, r_prev = opt.lambdas(w), opt.reg_state[w]["r_prev"]
         assert torch.count_nonzero(w[0, :2]).item() == 0
         assert torch.isfinite(w).all()
-        assert torch.isfinite(state["lam"]).all() and torch.isfinite(state["r_prev"]).all()
-        assert torch.count_nonzero(state["r_prev"][0, :2]).item() == 0
-        assert (state["lam"][0, :2] > overflow).all()  # uncapped: it stays past the overflow point
+        assert torch.isfinite(lam).all() and torch.isfinite(r_prev).all()
+        assert torch.count_nonzero(r_prev[0, :2]).item() == 0
+        assert (lam[0, :2] > overflow).all()  # uncapped: it stays past the overflow point
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -129,4 +128,4 @@ def test_binding_cap_lands_on_exact_zero(dtype, norm):
     # float32, and for many more in NumPy: exactness must not depend on exp/log rounding.)
     # The stored coefficients are the caps.
     expected_cap = torch.log(values.abs()) if norm == 1 else torch.full_like(values, math.log(0.5))
-    torch.testing.assert_close(opt.reg_state[w]["lam"].flatten(), expected_cap)
+    torch.testing.assert_close(opt.lambdas(w).flatten(), expected_cap)

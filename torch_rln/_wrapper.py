@@ -303,7 +303,7 @@ class RegularizedOptimizer(Optimizer):
         inner = self.optimizer.state_dict()
         index = self._inner_index()
         state = dict(inner["state"])
-        for p, tensors in self.reg_state.items():
+        for p, tensors in self.export_state().items():
             i = index[id(p)]
             entry = dict(state.get(i, {}))
             entry.update({f"{self.state_key}_{k}": v for k, v in tensors.items()})
@@ -407,7 +407,7 @@ class RegularizedOptimizer(Optimizer):
         self.optimizer.load_state_dict({**state_dict, "state": inner_state})
         for group, settings in zip(self.reg_groups, new_settings):
             group.update(settings)
-        self.reg_state = ours_state
+        self.import_state(ours_state)
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
 
@@ -450,11 +450,22 @@ class RegularizedOptimizer(Optimizer):
         for p, saved in found.items():
             for k in saved:
                 del inner_state[p][k]
-        self.reg_state.update(adopted)
+        self.import_state(adopted, replace=False)
 
     def validate_state(self, index: Any, tensors: dict[str, torch.Tensor]) -> None:
         """Check the saved state of the parameter with key ``index`` (its position, or its name
         in a torch.distributed.checkpoint state dict) before loading."""
+
+    def export_state(self) -> dict[torch.Tensor, dict[str, torch.Tensor]]:
+        """The per-parameter state as checkpoints hold it (keys: ``state_names``)."""
+        return self.reg_state
+
+    def import_state(self, state: dict[torch.Tensor, dict[str, torch.Tensor]], replace: bool = True) -> None:
+        """Take checkpoint state (keys: ``state_names``, checked and placed) as this wrapper's:
+        all of it (``replace``), or for the parameters given (state found in the inner optimizer)."""
+        if replace:
+            self.reg_state = {}
+        self.reg_state.update(state)
 
     # ------------------------------------------------------------------ misc
     def __getstate__(self) -> dict[str, Any]:
@@ -493,7 +504,9 @@ def _placed_like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
         return distribute_tensor(whole, param.device_mesh, param.placements, src_data_rank=None)
     if is_sharded(value):
         value = value.full_tensor()
-    return value.to(device=param.device, dtype=dtype, copy=True)
+    # empty_like keeps the parameter's strides (channels_last weights): state and weight
+    # must share a layout for the update to see them element by element.
+    return torch.empty_like(param, dtype=dtype).copy_(value)
 
 
 def _inner_chain(optimizer: Optimizer):

@@ -1,14 +1,15 @@
 r"""Regularization Learning (Shavitt & Segal, NeurIPS 2018) as an optimizer wrapper.
 
 Every regularized weight :math:`w` has its own log-scale coefficient :math:`\lambda`.
-After each step of the inner optimizer, for each regularized tensor :math:`W`:
+After each step of the inner optimizer, for each regularized tensor :math:`W` (each copy
+of it, with ``batch_dims``):
 
 .. math::
 
     w' &= W \text{ after the inner step}, \qquad
-        \delta = w' - w_{\text{prev}} \quad (w_{\text{prev}}: W \text{ just before the inner step}) \\
-    \lambda &\leftarrow \lambda - \nu\, \delta\, r_{\text{prev}}
-        \quad\text{(from the second step on: the counterfactual-loss gradient)} \\
+        w_{\text{prev}} = W \text{ as the previous RLN pass left it} \\
+    \lambda &\leftarrow \lambda - \nu\, (w' - w_{\text{prev}})\, r_{\text{prev}}
+        \quad\text{(the counterfactual-loss gradient; from the second step on)} \\
     \lambda &\leftarrow \lambda + \Theta - \operatorname{mean}(\lambda)
         \quad\text{(projection: the mean over the tensor stays } \Theta) \\
     d &= \operatorname{sign}(w') \ (L_1) \quad\text{or}\quad 2 w' \ (L_2) \\
@@ -24,7 +25,28 @@ rounding residues such as 3e-35, whose caps of about -79 then pull the mean).
 Names: :math:`\Theta` is ``avg_reg`` (the paper's Theta, the Keras callback's
 ``avg_reg``); :math:`\nu` is ``reg_lr`` (the paper's nu, the Keras callback's
 ``learning_rate``). This is the math of the published Keras ``RLNCallback``, done on the
-device inside ``step()``.
+device inside ``step()``; like the callback, :math:`w_{\text{prev}}` is the weight the
+previous pass wrote.
+
+**The folded coefficient.** The first line needs :math:`w_{\text{prev}}`, which the inner
+step overwrites. Instead of a copy of every weight before each step, the state holds
+
+.. math::
+
+    a = \lambda + \nu\, W\, r \qquad (W, r: \text{what this pass wrote})
+
+and the next pass gets :math:`\lambda - \nu (w' - w_{\text{prev}}) r_{\text{prev}} = a - \nu\,
+w'\, r_{\text{prev}}` from the weight the inner step wrote. A pass then reads the weight and
+the two state tensors once for the mean and once for the rest, and writes each once.
+Rounding: :math:`a` holds :math:`\lambda + \nu W r` to the precision of its dtype, so the
+gradient term carries an absolute error of about ``eps * |nu W r|`` (float32:
+``6e-8 * |nu W r|``) where the reference computes :math:`w' - w_{\text{prev}}` first. It
+is small beside the term itself (``|nu (w' - W) r|``) unless a step moves a weight by less
+than ~1e-5 of its value; trajectories in float32 drift from a float64 reference about as
+much as the unfolded form's do, which is what the tests measure. ``lambdas()`` and
+``state_dict()`` give :math:`\lambda` itself (:math:`a - \nu W r`), and a
+``state_dict()`` leaves the state in that unfolded form until the next step folds it
+again, so a checkpoint resumes bit for bit.
 
 Numerics:
 
@@ -32,306 +54,453 @@ Numerics:
   exactly 0 and :math:`\lambda` has no cap, so the projection may push it past 88, where
   ``exp`` overflows float32. The exponent is clamped below the overflow point of the
   state dtype, so ``0 * exp(lambda)`` is 0, never NaN.
-* Where the inner step produced NaN or +-Inf, the element counts as 0 for the coefficient
-  update: it adds no gradient term (on that step, and on the next, whose
-  :math:`w_{\text{prev}}` is non-finite), its coefficient only follows the projection,
-  its shrink is 0, and the weight is left as the inner optimizer made it. No other
-  coefficient of the tensor is touched by it beyond the projection. No host sync.
+* ``d`` is never formed for L2: the shrink is ``(2 e^lambda) w'``, and ``2 e^lambda < 1``
+  wherever the cap does not bind, so weights up to the largest float stay finite.
+* A weight that the inner step made NaN or +-Inf is left out: it counts as 0 (no gradient
+  term, no shrink), its coefficient stays as it is, and the mean is over the other
+  elements of the tensor (each copy), so it cannot reach them. The weight itself is left
+  as the inner optimizer made it. No host sync.
+* The folded coefficient and the gradient term are clamped to
+  :math:`\pm \text{max} / (4 n)` (``n`` elements per copy; 1e31 for a float32 tensor of
+  ten million elements): nothing a real coefficient reaches, but it keeps the sums and
+  the fold finite for weights near the largest float, where the fold's products would
+  overflow.
 * The coefficients and the previous shrink are kept in float32 for float16/bfloat16
-  parameters (in the parameter's dtype otherwise); the update runs in that dtype.
+  parameters (in the parameter's dtype otherwise); the update runs in that dtype, and the
+  fold uses the weight as rounded to the parameter's dtype.
 
-Persistent state per regularized weight: ``lam`` (the coefficients) and ``r_prev`` (the
-previous shrink, whose sign cannot be recovered from a weight that was set to 0). The
-weight before the inner step is a temporary copy taken inside ``step()``.
+Three implementations, equal in results: ``_single_tensor_rln`` (plain tensor ops, the
+equations as written), ``_multi_tensor_rln`` (foreach ops on cache-sized waves,
+arithmetic masks: where and comparisons cost ten multiplies on a CPU) and ``_compiled_rln``
+(one fused kernel per copy through ``torch.compile``; equal up to rounding).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
+from ._paths import CompiledKernel, check_flag
+from ._rows import CPU_WAVE, Chunk, Rows, Scratch, rows_of, waves
 from ._sharding import Shards, complete_sums_, local, shards_of
 from ._wrapper import RegularizedOptimizer, check_finite, check_int, state_dtype
 
-__all__ = ["RLNOptimizer", "rln_update"]
+__all__ = ["RLNOptimizer", "rln_coefficients", "rln_update"]
 
 _LOG_HALF = math.log(0.5)
 
 
+# ---------------------------------------------------------------------- constants
 def max_exponent(dtype: torch.dtype) -> float:
     """The largest whole exponent whose ``exp`` is finite in ``dtype`` (88 for float32)."""
     return float(math.floor(math.log(torch.finfo(dtype).max)))
 
 
-def _mean(lam: Tensor, batch_dims: int) -> Tensor:
-    """The mean of ``lam`` over the whole tensor, or per index of its ``batch_dims`` leading dims."""
-    if batch_dims == 0:
-        return lam.mean()
-    return lam.mean(dim=tuple(range(batch_dims, lam.ndim)), keepdim=True)
+def fold_bound(dtype: torch.dtype, n: int) -> float:
+    """The clamp of the coefficient before the projection, for ``n`` elements per copy:
+    ``max / (4 n)``, so that a sum over a copy stays finite."""
+    return torch.finfo(dtype).max / (4 * max(n, 1))
 
 
-def _sum(lam: Tensor, batch_dims: int) -> Tensor:
-    """The sum that :func:`_mean` divides (0 for an empty shard)."""
-    if batch_dims == 0:
-        return lam.sum()
-    return lam.sum(dim=tuple(range(batch_dims, lam.ndim)), keepdim=True)
+def fold_limit(dtype: torch.dtype) -> float:
+    """The largest fold ``|nu W r|`` kept: ``1000 / eps`` (8.4e9 in float32), where the fold's
+    rounding alone would move the coefficient by 1000."""
+    return 1000.0 / torch.finfo(dtype).eps
 
 
-def _whole_means(lams: list[Tensor], batch_dims: int, shards: list[Shards | None] | None) -> list[Tensor]:
-    """:func:`_mean` of each tensor, where ``lams[i]`` may be the local shard of a sharded
-    tensor (``shards[i]`` not None): its mean is then the all-reduced sum of the shards over
-    the whole tensor's element count."""
-    if shards is None or all(s is None for s in shards):
-        return [_mean(lam, batch_dims) for lam in lams]
-    sums = [None if s is None else _sum(lam, batch_dims) for lam, s in zip(lams, shards)]
-    complete_sums_([t for t in sums if t is not None], [s for s in shards if s is not None])
-    return [_mean(lam, batch_dims) if total is None else total.div_(s.count)
-            for lam, s, total in zip(lams, shards, sums)]
+def _wave_limit(device: torch.device) -> int | None:
+    return CPU_WAVE if device.type == "cpu" else None
 
 
-def _finite_copy(tensor: Tensor, dtype: torch.dtype) -> Tensor:
-    """``tensor`` in ``dtype`` with NaN and +-Inf replaced by 0 (a new tensor)."""
-    if tensor.dtype != dtype:
-        tensor = tensor.to(dtype)
-        return torch.nan_to_num_(tensor, nan=0.0, posinf=0.0, neginf=0.0)
-    return torch.nan_to_num(tensor.detach(), nan=0.0, posinf=0.0, neginf=0.0)
+# ---------------------------------------------------------------------- the eager paths
+def _copy_finite_(out: list[Tensor], weights: list[Tensor]) -> None:
+    """``out = w`` in the state dtype, with NaN and +-Inf replaced by 0."""
+    torch._foreach_copy_(out, weights)
+    for t in out:
+        t.nan_to_num_(0.0, 0.0, 0.0)
 
 
-def _drop_non_finite_(tensor: Tensor) -> Tensor:
-    """Set NaN and +-Inf entries to 0, in place."""
-    return torch.nan_to_num_(tensor, nan=0.0, posinf=0.0, neginf=0.0)
+def _finite_indicator_(out: list[Tensor], weights: list[Tensor]) -> None:
+    """``out = 1.0`` where the weight is finite and ``0.0`` where it is NaN or +-Inf."""
+    torch._foreach_copy_(out, weights)
+    torch._foreach_abs_(out)
+    for t in out:
+        torch.lt(t, math.inf, out=t)  # a comparison into a float tensor: 1.0 / 0.0 (bool tensors are slow on CPU)
+
+
+def _chunk_lists(wave: list[Chunk]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    return [c.views[0] for c in wave], [c.views[1] for c in wave], [c.views[2] for c in wave]
+
+
+def _gradient_terms_and_sums(
+    rows: Rows, reg_lr: float, bounds: list[float], scratch: Scratch, limit: int | None
+) -> tuple[Tensor, Tensor]:
+    r"""Sweep 1, shared by both eager paths. In place, per element:
+
+    * ``a <- clamp(a - nu w' r_prev)``: the coefficient before the projection,
+      :math:`\lambda - \nu (w' - w_{\text{prev}}) r_{\text{prev}}` (non-finite weights count as 0);
+    * ``r_prev <- 1.0`` where the weight is finite, ``0.0`` where not (``r_prev`` is spent).
+
+    Returns, per row, the sum of the coefficients over the finite weights and their count
+    (float64).
+    """
+    row_bounds = [b for b, n in zip(bounds, rows.copies) for _ in range(n)]
+    totals: list[list[Tensor]] = [[] for _ in row_bounds]
+    counts: list[list[Tensor]] = [[] for _ in row_bounds]
+    for wave in waves(rows, limit):
+        weights, accs, shrinks = _chunk_lists(wave)
+        clean, finite, _ = scratch.views(wave, accs[0].dtype)
+        _copy_finite_(clean, weights)
+        _finite_indicator_(finite, weights)
+        torch._foreach_addcmul_(accs, clean, shrinks, value=-reg_lr)
+        for chunk, acc, ok in zip(wave, accs, finite):
+            acc.clamp_(-row_bounds[chunk.row], row_bounds[chunk.row])
+            totals[chunk.row].append(torch.dot(acc, ok))
+            counts[chunk.row].append(ok.sum())
+        torch._foreach_copy_(shrinks, finite)
+    device = rows.tensors[1][0].device if rows.tensors[1] else torch.device("cpu")
+    return _per_row(totals, device), _per_row(counts, device)
+
+
+def _per_row(parts: list[list[Tensor]], device: torch.device) -> Tensor:
+    """The float64 sum of each row's chunk partials (in order)."""
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    if not parts:
+        return torch.zeros(0, dtype=torch.float64, device=device)
+    return torch.stack([torch.stack(p).sum(dtype=torch.float64) if p else zero for p in parts])
+
+
+def _shifts(
+    rows: Rows, total: Tensor, count: Tensor, avg_reg: float, project: bool, shards: Sequence[Shards | None] | None
+) -> Tensor:
+    """Per row, ``mean(lam) - Theta`` over the finite weights (0 without projection); the
+    sums of sharded tensors are all-reduced first, so the mean is over the whole copy."""
+    if not project:
+        return torch.zeros_like(total)
+    if shards is not None and any(s is not None for s in shards):
+        offsets = [0]
+        for n in rows.copies:
+            offsets.append(offsets[-1] + n)
+        parts = [torch.stack([total[a:b], count[a:b]]) for a, b in zip(offsets[:-1], offsets[1:])]
+        complete_sums_([p for p, s in zip(parts, shards) if s is not None], [s for s in shards if s is not None])
+        total = torch.cat([p[0] for p in parts])
+        count = torch.cat([p[1] for p in parts])
+    return total / count.clamp(min=1.0) - avg_reg
+
+
+def _prepare(params: list[Tensor], accs: list[Tensor], r_prevs: list[Tensor], batch_dims: int,
+             reg_lr: float, avg_reg: float, project: bool, shards: Sequence[Shards | None] | None,
+             scratch: Scratch) -> tuple[Rows, Tensor, int | None]:
+    """Rows of the tensors, sweep 1, and each row's shift ``mean - Theta`` (state dtype)."""
+    rows = rows_of([params, accs, r_prevs], batch_dims)
+    sdt = accs[0].dtype
+    bounds = [fold_bound(sdt, p.numel() // max(c, 1)) for p, c in zip(params, rows.copies)]
+    limit = _wave_limit(params[0].device)
+    total, count = _gradient_terms_and_sums(rows, reg_lr, bounds, scratch, limit)
+    return rows, _shifts(rows, total, count, avg_reg, project, shards).to(sdt), limit
 
 
 def _single_tensor_rln(
     params: list[Tensor],
-    prevs: list[Tensor] | None,
-    lams: list[Tensor],
+    accs: list[Tensor],
     r_prevs: list[Tensor],
     *,
     norm: int,
     avg_reg: float,
     reg_lr: float,
-    first_step: bool,
+    project: bool,
     batch_dims: int = 0,
-    shards: list[Shards | None] | None = None,
+    shards: Sequence[Shards | None] | None = None,
+    scratch: Scratch | None = None,
 ) -> None:
-    """One RLN update, tensor by tensor, in the plain form of the equations.
+    r"""One RLN update, copy by copy, in the plain form of the equations.
 
-    ``params`` hold :math:`w'` (after the inner step) and receive :math:`W`;
-    ``prevs`` are :math:`w_{\\text{prev}}` in the state dtype (unused, may be None, on
-    the first step); ``lams`` and ``r_prevs`` are updated in place. A non-finite gradient
-    term (from a NaN/Inf in :math:`w'` or :math:`w_{\\text{prev}}`) counts as 0.
-    ``shards[i]``, when given and not None, says that the tensors of index ``i`` are local
-    shards of a sharded tensor, whose mean is over the whole tensor.
+    ``params`` hold :math:`w'` (after the inner step) and receive :math:`W`; ``accs`` hold
+    the folded coefficients :math:`a` and ``r_prevs`` the previous shrinks, both updated in
+    place (see the module docstring). ``project`` is False on a tensor's first step (no
+    gradient term, no projection). ``shards[i]``, when given and not None, says that the
+    tensors of index ``i`` are local shards of a sharded tensor, whose mean is over the
+    whole tensor. Sweep 1 (the gradient term and the sums) is shared with the foreach path.
     """
-    for i, param in enumerate(params):
-        lam, r_prev = lams[i], r_prevs[i]
-        w = _finite_copy(param, lam.dtype)
-        if not first_step:
-            assert prevs is not None
-            term = _drop_non_finite_((prevs[i] - param) * r_prev)
-            lam.add_(term, alpha=reg_lr)  # lam -= nu * delta * r_prev
-            mean = _whole_means([lam], batch_dims, None if shards is None else [shards[i]])[0]
-            lam.sub_(mean - avg_reg)  # lam += Theta - mean(lam)
-        d = torch.sign(w) if norm == 1 else 2 * w
-        cap = torch.log(torch.abs(w / d))  # NaN where w == 0 (0/0): no cap there
-        bound = lam >= cap  # False against NaN
-        lam.copy_(torch.where(bound, cap, lam))
-        shrink = d * torch.exp(lam.clamp(max=max_exponent(lam.dtype)))
-        r = torch.where(bound, w, shrink)
-        r_prev.copy_(r)
-        param.sub_(r)
+    if not params:
+        return
+    rows, shifts, _ = _prepare(params, accs, r_prevs, batch_dims, reg_lr, avg_reg, project, shards,
+                               scratch or Scratch(3))
+    sdt = accs[0].dtype
+    top, limit = max_exponent(sdt), fold_limit(sdt)
+    k = 0
+    for i, n in enumerate(rows.copies):
+        for c in range(n):
+            w, acc, r_prev = (role[i][c] for role in rows.rows)
+            wf = w.to(sdt)
+            finite = torch.isfinite(wf)
+            ws = torch.where(finite, wf, 0.0)
+            lam = torch.where(finite, acc - shifts[k], acc)  # lam += Theta - mean(lam), mean over finite weights
+            size = ws.abs()
+            cap = torch.log(size) if norm == 1 else torch.full_like(size, _LOG_HALF)  # log|w / d|
+            bound = (lam >= cap) & (size > 0)  # no cap where w / d = 0 / 0
+            lam = torch.where(bound, cap, lam)
+            e = torch.exp(lam.clamp(max=top))
+            shrink = torch.sign(ws) * e if norm == 1 else (2.0 * e).clamp(max=1.0) * ws  # 2 e^lam < 1 if free
+            r = torch.where(bound, ws, shrink)  # r = w' exactly where the cap binds
+            w.copy_((wf - r).to(w.dtype))
+            fold = reg_lr * (ws - r).to(w.dtype).to(sdt) * r  # nu W r, W as the parameter holds it
+            keep = fold.abs() < limit
+            acc.copy_(lam + torch.where(keep, fold, 0.0))
+            r_prev.copy_(torch.where(keep, r, 0.0))
+            k += 1
+    rows.write_back()
 
 
 def _multi_tensor_rln(
     params: list[Tensor],
-    prevs: list[Tensor] | None,
-    lams: list[Tensor],
+    accs: list[Tensor],
     r_prevs: list[Tensor],
     *,
     norm: int,
     avg_reg: float,
     reg_lr: float,
-    first_step: bool,
+    project: bool,
     batch_dims: int = 0,
-    shards: list[Shards | None] | None = None,
+    shards: Sequence[Shards | None] | None = None,
+    scratch: Scratch | None = None,
 ) -> None:
-    """The same update as :func:`_single_tensor_rln`, with foreach ops per device and dtype.
+    """The same update as :func:`_single_tensor_rln`, with foreach ops on waves of chunks.
 
-    ``where`` and comparisons are slow on CPU (a ``torch.where`` costs ten multiplies) and
-    have no foreach form, so the masks are formed exactly in arithmetic, and temporaries
-    are reused in place (a fresh large tensor costs page faults):
-
-    * ``m = |sign w| - 1`` is 0 where ``w != 0`` and -1 where ``w == 0``;
-    * ``cap = log(|w| - m) - m * MAX`` is ``log|w|`` exactly where ``w != 0`` and the
-      largest float (no cap) where ``w == 0``; for norm 2, ``log(0.5) - m * MAX``;
-    * ``free = sign(max(cap - lam, 0))`` is 1 where the cap does not bind and 0 where it does;
-    * ``r = d exp(lam) free + w (1 - free)`` is ``w`` exactly where the cap binds.
-
-    The results equal the per-tensor path's.
+    There is no foreach ``where``, and ``where`` and bool tensors are slow on a CPU, so the
+    masks are 0/1 float tensors (a comparison written into a float tensor) and the
+    selections are exact arithmetic: ``min(lam, cap)``, and ``r = r (1 - b) + s b`` for the
+    binding mask ``b``. Each wave works in three scratch buffers that stay in cache. The
+    results equal the per-tensor path's.
     """
-    tensor_lists: list[list[Any]] = [params, lams, r_prevs]
-    if not first_step:
-        assert prevs is not None
-        tensor_lists.append(prevs)
-    grouped = _group_tensors_by_device_and_dtype(tensor_lists, with_indices=True)
-    for (device_params, device_lams, device_r_prevs, *rest), indices in grouped.values():
-        sdtype = device_lams[0].dtype
-        largest = torch.finfo(sdtype).max
-        ws = [_finite_copy(p, sdtype) for p in device_params]
-        if not first_step:
-            scratch = rest[0]  # w_prev, overwritten in place with (w_prev - w') r_prev
-            torch._foreach_sub_(scratch, device_params)
-            torch._foreach_mul_(scratch, device_r_prevs)
-            for term in scratch:
-                _drop_non_finite_(term)
-            torch._foreach_add_(device_lams, scratch, alpha=reg_lr)  # lam -= nu * delta * r_prev
-            excess = _whole_means(device_lams, batch_dims, None if shards is None else [shards[i] for i in indices])
-            torch._foreach_sub_(excess, avg_reg)
-            torch._foreach_sub_(device_lams, excess)  # lam += Theta - mean(lam)
-
-        d = torch._foreach_sign(ws)
-        m = torch._foreach_abs(d)
-        torch._foreach_sub_(m, 1.0)  # 0 where w != 0, -1 where w == 0
-        if norm == 1:
-            cap = torch._foreach_abs(ws)
-            torch._foreach_sub_(cap, m)
-            torch._foreach_log_(cap)
+    if not params:
+        return
+    scratch = scratch or Scratch(3)
+    rows, shifts, limit = _prepare(params, accs, r_prevs, batch_dims, reg_lr, avg_reg, project, shards, scratch)
+    sdt = accs[0].dtype
+    for wave in waves(rows, limit):
+        weights, lams, shrinks = _chunk_lists(wave)  # shrinks hold the finite indicator (sweep 1)
+        clean, cap, mask = scratch.views(wave, sdt)
+        _copy_finite_(clean, weights)
+        torch._foreach_addcmul_(lams, shrinks, [shifts[c.row] for c in wave], value=-1.0)  # the projection
+        _cap_(cap, clean, norm, sdt)
+        for lam, c, b in zip(lams, cap, mask):
+            torch.ge(lam, c, out=b)  # 1 where the cap binds
+        torch._foreach_minimum_(lams, cap)
+        _shrink_(shrinks, lams, clean, cap, mask, norm, sdt)
+        torch._foreach_sub_(weights, shrinks)  # W = w' - r (non-finite weights: r = 0)
+        if weights[0].dtype == sdt:
+            torch._foreach_sub_(clean, shrinks)
         else:
-            torch._foreach_copy_(d, ws)  # reuse: d = 2 w'
-            torch._foreach_mul_(d, 2.0)
-            cap = torch._foreach_mul(m, 0.0)
-            torch._foreach_add_(cap, _LOG_HALF)
-        torch._foreach_add_(cap, m, alpha=-largest)  # log|w/d|, or no cap where w == 0
-
-        free = m  # reuse: 1 where lam < cap, 0 where the cap binds
-        torch._foreach_copy_(free, cap)
-        torch._foreach_sub_(free, device_lams)
-        torch._foreach_clamp_min_(free, 0.0)
-        torch._foreach_sign_(free)
-        torch._foreach_minimum_(device_lams, cap)  # lam = min(lam, cap)
-
-        r = device_r_prevs  # reuse: r_prev is spent; it becomes this step's shrink
-        torch._foreach_copy_(r, device_lams)
-        torch._foreach_clamp_max_(r, max_exponent(sdtype))
-        torch._foreach_exp_(r)
-        torch._foreach_mul_(r, d)
-        torch._foreach_mul_(r, free)
-        bound = free  # reuse: 1 - free
-        torch._foreach_neg_(bound)
-        torch._foreach_add_(bound, 1.0)
-        torch._foreach_addcmul_(r, ws, bound)  # r = w' exactly where the cap binds
-        torch._foreach_sub_(device_params, r)
+            _copy_finite_(clean, weights)  # W as rounded to the parameter's dtype
+        _fold_(lams, shrinks, clean, cap, reg_lr, fold_limit(sdt))
+    rows.write_back()
 
 
-def _fused_rln_kernel(
-    w: Tensor, prev: Tensor, lam: Tensor, r_prev: Tensor, avg_reg: float, reg_lr: float, l1: float, max_exp: float
-) -> None:
-    """The five steps for one 1-D tensor, written for ``torch.compile`` to fuse into one loop
-    (plus the mean's): the same results as :func:`_single_tensor_rln` up to rounding.
+def _cap_(cap: list[Tensor], clean: list[Tensor], norm: int, sdt: torch.dtype) -> None:
+    """``cap = log|w / d|``, and the largest float (no cap) where the weight is 0."""
+    torch._foreach_copy_(cap, clean)
+    if norm == 2:
+        torch._foreach_sign_(cap)
+        torch._foreach_abs_(cap)
+        torch._foreach_mul_(cap, 0.5)  # log(1/2), or log 0 where w = 0
+    else:
+        torch._foreach_abs_(cap)
+    torch._foreach_log_(cap)
+    largest = torch.finfo(sdt).max
+    for t in cap:
+        t.nan_to_num_(0.0, largest, largest)  # log 0 = -inf: no cap there
 
-    ``l1`` is 1.0 for norm 1 and 0.0 for norm 2: a float, which stays a dynamic argument,
-    where a Python branch on the norm would compile the kernel once more (Dynamo allows 8
-    compilations of one function per process, shared by every dtype pair and norm).
+
+def _shrink_(shrinks: list[Tensor], lams: list[Tensor], clean: list[Tensor], spare: list[Tensor],
+             binds: list[Tensor], norm: int, sdt: torch.dtype) -> None:
+    """``shrinks = d e^lam`` where the cap does not bind and the weight where it does
+    (``binds`` = 1); ``spare`` is overwritten."""
+    torch._foreach_copy_(shrinks, lams)
+    torch._foreach_clamp_max_(shrinks, max_exponent(sdt))
+    torch._foreach_exp_(shrinks)
+    if norm == 1:
+        torch._foreach_copy_(spare, clean)
+        torch._foreach_sign_(spare)
+        torch._foreach_mul_(shrinks, spare)
+    else:
+        torch._foreach_mul_(shrinks, 2.0)
+        torch._foreach_clamp_max_(shrinks, 1.0)  # 2 e^lam < 1 where the cap does not bind; no overflow where it does
+        torch._foreach_mul_(shrinks, clean)
+    torch._foreach_copy_(spare, binds)
+    torch._foreach_neg_(spare)
+    torch._foreach_add_(spare, 1.0)  # 1 where the cap does not bind
+    torch._foreach_mul_(shrinks, spare)
+    torch._foreach_addcmul_(shrinks, clean, binds)
+
+
+def _fold_(lams: list[Tensor], shrinks: list[Tensor], weights: list[Tensor], spare: list[Tensor],
+           reg_lr: float, limit: float) -> None:
+    """``a = lam + nu W r`` where ``|nu W r| < limit``; elsewhere ``a = lam`` and ``r_prev = 0``.
+    ``weights`` (W) is overwritten."""
+    torch._foreach_mul_(weights, reg_lr)
+    torch._foreach_mul_(weights, shrinks)  # nu W r
+    for t in weights:
+        t.nan_to_num_(limit, limit, -limit)  # inf * 0 and overflows: dropped below
+    torch._foreach_copy_(spare, weights)
+    torch._foreach_abs_(spare)
+    for t in spare:
+        torch.lt(t, limit, out=t)
+    torch._foreach_mul_(weights, spare)
+    torch._foreach_mul_(shrinks, spare)
+    torch._foreach_add_(lams, weights)
+
+
+# ---------------------------------------------------------------------- the compiled path
+def _fused_rln_kernel(w: Tensor, acc: Tensor, r_prev: Tensor, avg_reg: float, reg_lr: float, l1: float,
+                      project: float) -> None:
+    """The update of one copy (a 1-D tensor of at least 2 elements), written for
+    ``torch.compile`` to fuse into a reduction loop and one elementwise loop; the same
+    results as :func:`_single_tensor_rln` up to rounding.
+
+    The settings are floats, which stay dynamic arguments: ``l1`` is 1.0 for L1 and 0.0 for
+    L2 and ``project`` 0.0 on the first step, where a Python branch would compile the kernel
+    once more (Dynamo allows 8 compilations of one function per process).
     """
-    wf = w.to(lam.dtype)
-    term = (prev - wf) * r_prev
-    lam_new = lam + reg_lr * torch.where(torch.isfinite(term), term, 0.0)  # lam -= nu * delta * r_prev
-    lam_new = lam_new - (lam_new.mean() - avg_reg)  # lam += Theta - mean(lam)
-    ws = torch.where(torch.isfinite(wf), wf, 0.0)
-    d = torch.sign(ws) * l1 + ws * (2.0 * (1.0 - l1))  # exactly sign(w) or 2 w; no 2 w = inf for L1
-    cap = torch.log(torch.abs(ws / d))  # NaN where w == 0: no cap there
-    bound = lam_new >= cap
-    lam_new = torch.where(bound, cap, lam_new)
-    r = torch.where(bound, ws, d * torch.exp(torch.clamp(lam_new, max=max_exp)))
-    lam.copy_(lam_new)
-    r_prev.copy_(r)
+    sdt = acc.dtype
+    bound_abs = torch.finfo(sdt).max / (4 * w.numel())
+    wf = w.to(sdt)
+    finite = (wf - wf) == 0  # an isfinite that vectorizes
+    ws = torch.where(finite, wf, 0.0)
+    pre = torch.clamp(acc - reg_lr * ws * r_prev, -bound_abs, bound_abs)
+    total = torch.where(finite, pre, 0.0).sum()
+    count = w.numel() - (~finite).to(sdt).sum()
+    shift = project * (total / torch.clamp(count, min=1.0) - avg_reg)
+    lam = torch.where(finite, pre - shift, pre)
+    size = torch.abs(ws)
+    cap = torch.log(size * l1 + 0.5 * (1.0 - l1))  # log|w| (L1) or log(1/2) (L2)
+    bound = (lam >= cap) & (size > 0)
+    lam = torch.where(bound, cap, lam)
+    e = torch.exp(torch.clamp(lam, max=max_exponent(sdt)))
+    shrink = torch.sign(ws) * e * (2.0 - l1) * (size * (1.0 - l1) + l1)  # sign(w) e^lam, or (2 e^lam) w
+    r = torch.where(bound, ws, shrink)
     w.copy_((wf - r).to(w.dtype))
+    fold = reg_lr * (ws - r).to(w.dtype).to(sdt) * r
+    keep = torch.abs(fold) < fold_limit(sdt)
+    acc.copy_(lam + torch.where(keep, fold, 0.0))
+    r_prev.copy_(torch.where(keep, r, 0.0))
 
 
-_compiled_kernel = None
+_KERNEL = CompiledKernel(_fused_rln_kernel, "RLN")
+
+
+def compiled_kernel_works(device: torch.device, dtype: torch.dtype, insist: bool = False) -> bool:
+    """Whether the compiled RLN kernel runs for parameters of ``dtype`` on ``device`` (probed once)."""
+    sdt = state_dtype(dtype)
+
+    def probe_args() -> tuple[Any, ...]:
+        w = torch.tensor([0.5, -0.25], device=device).to(dtype)
+        return w, torch.full((2,), -3.0, device=device, dtype=sdt), torch.zeros(2, device=device, dtype=sdt), \
+            -3.0, 1.0, 1.0, 1.0
+
+    return _KERNEL.works((device.type, dtype, sdt), probe_args, insist)
 
 
 def _compiled_rln(
     params: list[Tensor],
-    prevs: list[Tensor] | None,
-    lams: list[Tensor],
+    accs: list[Tensor],
     r_prevs: list[Tensor],
     *,
     norm: int,
     avg_reg: float,
     reg_lr: float,
-    first_step: bool,
+    project: bool,
     batch_dims: int = 0,
-    shards: list[Shards | None] | None = None,
+    shards: Sequence[Shards | None] | None = None,
+    scratch: Scratch | None = None,
 ) -> None:
-    """The update through one compiled, fused kernel per tensor (per copy with ``batch_dims``).
+    """The update through one compiled, fused kernel per copy.
 
-    The kernel is compiled once per (parameter dtype, state dtype), with dynamic shapes and
-    dynamic float arguments, so tensors of any size and any settings reuse it (torch's
-    on-disk cache keeps it across runs). The first step (no gradient term, no projection),
-    non-contiguous tensors, copies of fewer than 2 elements (Dynamo specializes sizes 0
-    and 1) and sharded tensors (whose mean needs an all-reduce) take the foreach path.
+    The kernel is compiled once per (device type, parameter dtype, state dtype), with
+    dynamic shapes and settings, so tensors of any size and any settings reuse it (torch's
+    on-disk cache keeps it across runs). Copies of fewer than 2 elements and sharded
+    tensors (whose mean needs an all-reduce) take the foreach path.
     """
-    global _compiled_kernel
-    if first_step or (shards is not None and any(s is not None for s in shards)):
-        _multi_tensor_rln(params, prevs, lams, r_prevs, norm=norm, avg_reg=avg_reg, reg_lr=reg_lr,
-                          first_step=first_step, batch_dims=batch_dims, shards=shards)
-        return
-    assert prevs is not None
-    if _compiled_kernel is None:
-        _compiled_kernel = torch.compile(_fused_rln_kernel, dynamic=True, fullgraph=True)
-    rest: list[list[Tensor]] = [[], [], [], []]
-    for w, prev, lam, r_prev in zip(params, prevs, lams, r_prevs):
-        copies = math.prod(w.shape[:batch_dims])
-        contiguous = all(t.is_contiguous() for t in (w, prev, lam, r_prev))
-        if not contiguous or w.numel() < 2 * max(copies, 1):  # sizes 0 and 1 would compile once more
-            for bucket, t in zip(rest, (w, prev, lam, r_prev)):
-                bucket.append(t)
+    rows = rows_of([params, accs, r_prevs], batch_dims)
+    rest: list[int] = []
+    l1 = 1.0 if norm == 1 else 0.0
+    for i, n in enumerate(rows.copies):
+        sharded = shards is not None and shards[i] is not None
+        per_copy = params[i].numel() // n if n else 0
+        if sharded or per_copy < 2:
+            rest.append(i)
             continue
-        views = [t.view(copies, -1) for t in (w, prev, lam, r_prev)]
-        for k in range(copies):
+        for c in range(n):
             # detach(): an alias without a _base, so Dynamo guards no base shape (no recompiles)
-            tensors = (v[k].detach() for v in views)
-            _compiled_kernel(*tensors, avg_reg, reg_lr, float(norm == 1), max_exponent(lam.dtype))
-    if rest[0]:
-        _multi_tensor_rln(*rest, norm=norm, avg_reg=avg_reg, reg_lr=reg_lr, first_step=False, batch_dims=batch_dims)
+            w, acc, r_prev = (role[i][c].detach() for role in rows.rows)
+            _KERNEL(w, acc, r_prev, avg_reg, reg_lr, l1, 1.0 if project else 0.0)
+    rows.write_back()
+    if rest:
+        _multi_tensor_rln(
+            [params[i] for i in rest], [accs[i] for i in rest], [r_prevs[i] for i in rest],
+            norm=norm, avg_reg=avg_reg, reg_lr=reg_lr, project=project, batch_dims=batch_dims,
+            shards=None if shards is None else [shards[i] for i in rest], scratch=scratch,
+        )
 
 
+# ---------------------------------------------------------------------- functional API
 def rln_update(
     params: list[Tensor],
-    prevs: list[Tensor] | None,
-    lams: list[Tensor],
+    accs: list[Tensor],
     r_prevs: list[Tensor],
     *,
     norm: int,
     avg_reg: float,
     reg_lr: float,
-    first_step: bool,
+    first_step: bool = False,
     batch_dims: int = 0,
-    foreach: bool = True,
+    foreach: bool | None = None,
+    compile: bool = False,
 ) -> None:
-    """Functional RLN update (see the module docstring for the equations).
+    r"""Functional RLN update (see the module docstring for the equations).
 
-    ``params`` hold the weights after the inner optimizer's step and are updated in
-    place; ``prevs`` hold the weights just before it, in the state dtype (they are
-    overwritten); ``lams`` and ``r_prevs`` are the state,
-    updated in place. On the first step ``prevs`` is unused and ``lams`` should hold
-    ``avg_reg``.
+    ``params`` hold the weights after the inner optimizer's step and are updated in place;
+    ``accs`` hold the folded coefficients :math:`a = \lambda + \nu W r_{\text{prev}}`
+    (:math:`\Theta` before the first step) and ``r_prevs`` the previous shrinks (zeros
+    before the first step), both in the state dtype and updated in place.
+    :func:`rln_coefficients` unfolds them. Run under ``torch.no_grad()``.
     """
-    fn = _multi_tensor_rln if foreach else _single_tensor_rln
-    fn(
-        params, prevs, lams, r_prevs,
-        norm=norm, avg_reg=avg_reg, reg_lr=reg_lr, first_step=first_step, batch_dims=batch_dims,
-    )
+    if compile:
+        fn = _compiled_rln
+    else:
+        fn = _single_tensor_rln if check_flag("foreach", foreach) is False else _multi_tensor_rln
+    fn(params, accs, r_prevs, norm=norm, avg_reg=avg_reg, reg_lr=reg_lr, project=not first_step,
+       batch_dims=batch_dims)
 
 
+def rln_coefficients(params: Sequence[Tensor], accs: Sequence[Tensor], r_prevs: Sequence[Tensor],
+                     reg_lr: float) -> list[Tensor]:
+    r"""The coefficients :math:`\lambda = a - \nu W r_{\text{prev}}` (new tensors), from the
+    current weights and the state :func:`rln_update` keeps."""
+    return [_unfolded(p, a, r, reg_lr) for p, a, r in zip(params, accs, r_prevs)]
+
+
+def _unfolded(param: Tensor, acc: Tensor, r_prev: Tensor, reg_lr: float) -> Tensor:
+    if reg_lr == 0.0:
+        return acc.clone()
+    weight = torch.nan_to_num(param.detach().to(acc.dtype), 0.0, 0.0, 0.0)
+    return torch.addcmul(acc, weight, r_prev, value=-reg_lr)
+
+
+def _refold_(param: Tensor, acc: Tensor, r_prev: Tensor, delta: float) -> None:
+    """``acc += delta * W * r_prev``: move the fold from one ``reg_lr`` to another (0: unfolded)."""
+    if delta != 0.0:
+        weight = torch.nan_to_num(param.detach().to(acc.dtype), 0.0, 0.0, 0.0)
+        acc.addcmul_(weight, r_prev, value=delta)
+
+
+# ---------------------------------------------------------------------- the optimizer
 class RLNOptimizer(RegularizedOptimizer):
     r"""Wrap any ``torch.optim`` optimizer with Regularization Learning.
 
@@ -356,11 +525,14 @@ class RLNOptimizer(RegularizedOptimizer):
         batch_dims: the number of leading dimensions that index independent copies of the
             weight, e.g. an ensemble stacked for ``torch.func.vmap`` or a batched matmul:
             the mean projection then runs per copy. 0 (default): one tensor, one mean.
-        foreach: use the foreach implementation (default) rather than the per-tensor one.
-        compile: run the update as one fused kernel per tensor, compiled with
-            ``torch.compile(fullgraph=True, dynamic=True)``: about 2.5x faster than the
-            foreach path on CPU. The first step after the first one pays the compile time
-            (seconds; torch caches it on disk), once for all tensors and settings.
+        foreach: the eager path with foreach ops (``None``, ``True``; the default) or the
+            per-tensor one (``False``); both give the same results.
+        compile: ``None`` (default): the fused kernel compiled with
+            ``torch.compile(fullgraph=True, dynamic=True)`` wherever that works (probed
+            once per process, device and dtype; elsewhere one warning, then the eager
+            path); ``True``: insist (an error where it cannot compile); ``False``: eager.
+            The first compile takes seconds, once per process for every model, shape and
+            setting; torch caches it on disk for later processes.
 
     Example::
 
@@ -388,22 +560,24 @@ class RLNOptimizer(RegularizedOptimizer):
     def __init__(
         self,
         optimizer: Optimizer,
-        params=None,
+        params: Any = None,
         *,
         norm: int = 1,
         avg_reg: float = -7.5,
         reg_lr: float = 6e5,
         batch_dims: int = 0,
         foreach: bool | None = None,
-        compile: bool = False,
+        compile: bool | None = None,
     ) -> None:
-        if foreach is not None and not isinstance(foreach, bool):
-            raise TypeError(f"Invalid foreach: {foreach!r} (expected True, False or None)")
+        check_flag("foreach", foreach)
+        check_flag("compile", compile)
         super().__init__(
             optimizer, params, {"norm": norm, "avg_reg": avg_reg, "reg_lr": reg_lr, "batch_dims": batch_dims}
         )
-        self.foreach = True if foreach is None else foreach
-        self.compile = bool(compile)
+        self.foreach = foreach
+        self.compile = compile
+        self.folded: dict[Tensor, float] = {}  # per weight: the reg_lr folded into its coefficient
+        self._scratch = Scratch(3)
 
     def validate_group(self, group: dict[str, Any]) -> None:
         norm = group["norm"]
@@ -431,6 +605,23 @@ class RLNOptimizer(RegularizedOptimizer):
         if missing:
             raise ValueError(f"RLNOptimizer: the state of parameter {index} lacks {sorted(missing)}")
 
+    # ------------------------------------------------------------------ state in checkpoints
+    def export_state(self) -> dict[Tensor, dict[str, Tensor]]:
+        """Unfold every coefficient (in place: the next step folds it again) and return the
+        state in the checkpoint's terms, ``lam`` and ``r_prev``."""
+        for p, state in self.reg_state.items():
+            _refold_(local(p), local(state["acc"]), local(state["r_prev"]), -self.folded.get(p, 0.0))
+            self.folded[p] = 0.0
+        return {p: {"lam": s["acc"], "r_prev": s["r_prev"]} for p, s in self.reg_state.items()}
+
+    def import_state(self, state: dict[Tensor, dict[str, Tensor]], replace: bool = True) -> None:
+        """Take checkpoint state (``lam``, ``r_prev``) as this wrapper's (unfolded)."""
+        if replace:
+            self.reg_state, self.folded = {}, {}
+        for p, saved in state.items():
+            self.reg_state[p] = {"acc": saved["lam"], "r_prev": saved["r_prev"]}
+            self.folded[p] = 0.0
+
     def lambdas(self, param: Tensor) -> Tensor:
         """The current log-coefficients of ``param`` (a copy, shaped like it).
 
@@ -441,52 +632,76 @@ class RLNOptimizer(RegularizedOptimizer):
         state = self.reg_state.get(param)
         if state is None:
             return torch.full_like(param, group["avg_reg"], dtype=state_dtype(param.dtype))
-        return state["lam"].clone()
+        folded = self.folded.get(param, 0.0)
+        if folded == 0.0:
+            return state["acc"].clone()
+        return _like(state["acc"], _unfolded(local(param), local(state["acc"]), local(state["r_prev"]), folded))
 
-    def before_inner_step(self, has_closure: bool) -> tuple[dict[Tensor, Tensor], set[int]]:
-        """Copy the weights that already have RLN state: they are :math:`w_{\\text{prev}}`
-        (the local shard of a sharded weight); note the weights whose learning rate is 0.
-
-        Without a closure, a weight with no gradient will be skipped, so it is not copied.
-        """
-        resting = self._resting_ids()
-        prevs = {
-            p: local(p).detach().to(local(self.reg_state[p]["lam"]).dtype, copy=True)
-            for group in self.reg_groups
-            for p in group["params"]
-            if p in self.reg_state and id(p) not in resting and (has_closure or p.grad is not None)
-        }
-        return prevs, resting
-
-    def after_inner_step(self, context: tuple[dict[Tensor, Tensor], set[int]]) -> None:
-        prevs, resting = context
-        update = self._update()
+    # ------------------------------------------------------------------ the pass
+    def before_inner_step(self, has_closure: bool) -> None:
+        """Fold each coefficient with its group's current ``reg_lr`` against the weight as it
+        is now, before the inner step: after a checkpoint (unfolded) or a change of
+        ``reg_lr``. Nothing to do otherwise."""
         for group in self.reg_groups:
-            settings = {k: group[k] for k in self.group_defaults}
+            nu = group["reg_lr"]
+            for p in group["params"]:
+                state = self.reg_state.get(p)
+                if state is not None and self.folded.get(p, 0.0) != nu:
+                    _refold_(local(p), local(state["acc"]), local(state["r_prev"]), nu - self.folded.get(p, 0.0))
+                    self.folded[p] = nu
+
+    def after_inner_step(self, context: Any) -> None:
+        resting = self._resting_ids()
+        update = None
+        for group in self.reg_groups:
             stepped = [p for p in group["params"] if p.grad is not None]
-            new: set[int] = set()
-            for p in stepped:
-                if p not in self.reg_state:
-                    new.add(id(p))
-                    self.reg_state[p] = {
-                        "lam": torch.full_like(p, group["avg_reg"], dtype=state_dtype(p.dtype)),
-                        "r_prev": torch.zeros_like(p, dtype=state_dtype(p.dtype)),
-                    }
+            if not stepped:
+                continue
+            new = self._create_state(stepped, group)
             moving = [p for p in stepped if id(p) not in resting]
-            for first_step in (False, True):
-                params = [p for p in moving if (id(p) in new) == first_step]
-                if not params:
-                    continue
-                shards = [shards_of(p, group["batch_dims"]) for p in params]
-                update(
-                    [local(p) for p in params],
-                    None if first_step else [prevs[p] for p in params],
-                    [local(self.reg_state[p]["lam"]) for p in params],
-                    [local(self.reg_state[p]["r_prev"]) for p in params],
-                    first_step=first_step,
-                    shards=None if all(s is None for s in shards) else shards,
-                    **settings,
-                )
+            for project in (True, False):
+                params = [p for p in moving if (p in new) != project]
+                if params:
+                    update = update or self._update
+                    update(params, group, project)
+
+    def _create_state(self, params: list[Tensor], group: dict[str, Any]) -> set[Tensor]:
+        """State for the parameters that have none: ``a = Theta``, ``r_prev = 0``."""
+        new = set()
+        for p in params:
+            if p not in self.reg_state:
+                sdt = state_dtype(p.dtype)
+                self.reg_state[p] = {
+                    "acc": torch.full_like(p, group["avg_reg"], dtype=sdt),
+                    "r_prev": torch.zeros_like(p, dtype=sdt),
+                }
+                self.folded[p] = group["reg_lr"]
+                new.add(p)
+        return new
+
+    def _update(self, params: list[Tensor], group: dict[str, Any], project: bool) -> None:
+        """Run the update on ``params`` of one group, per (device, dtype)."""
+        buckets: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+        for p in params:
+            buckets.setdefault((local(p).device, p.dtype), []).append(p)
+        for (device, dtype), members in buckets.items():
+            shards = [shards_of(p, group["batch_dims"]) for p in members]
+            sharded = any(s is not None for s in shards)
+            fn = self._path(device, dtype, sharded)
+            fn(
+                [local(p) for p in members],
+                [local(self.reg_state[p]["acc"]) for p in members],
+                [local(self.reg_state[p]["r_prev"]) for p in members],
+                norm=group["norm"], avg_reg=group["avg_reg"], reg_lr=group["reg_lr"], project=project,
+                batch_dims=group["batch_dims"], shards=shards if sharded else None, scratch=self._scratch,
+            )
+
+    def _path(self, device: torch.device, dtype: torch.dtype, sharded: bool) -> Any:
+        """The implementation for one (device, dtype) bucket: compiled where it works and is
+        wanted (never for sharded tensors), else foreach or per-tensor."""
+        if self.compile is not False and not sharded and compiled_kernel_works(device, dtype, self.compile is True):
+            return _compiled_rln
+        return _single_tensor_rln if self.foreach is False else _multi_tensor_rln
 
     def _resting_ids(self) -> set[int]:
         """The ids of the parameters in inner param groups whose ``lr`` is 0 (a Python number or
@@ -502,8 +717,14 @@ class RLNOptimizer(RegularizedOptimizer):
                 resting.update(id(p) for p in group["params"])
         return resting
 
-    def _update(self):
-        if self.compile:
-            return _compiled_rln
-        return _multi_tensor_rln if self.foreach else _single_tensor_rln
 
+def _like(template: Tensor, value: Tensor) -> Tensor:
+    """``value`` (a local tensor) placed like ``template`` (a DTensor's local shard, or a plain tensor)."""
+    from ._sharding import is_sharded
+
+    if is_sharded(template):
+        from torch.distributed.tensor import DTensor
+
+        return DTensor.from_local(value, template.device_mesh, template.placements, run_check=False,
+                                  shape=template.shape, stride=template.stride())
+    return value

@@ -1,0 +1,93 @@
+"""Which implementation of a regularizer's update runs: per-tensor, foreach, or compiled.
+
+Both wrappers make this choice the same way, here:
+
+* ``compile=None`` (the default) runs the fused, compiled kernel wherever
+  ``torch.compile`` works for the device and dtypes at hand. That is probed once per
+  process and (kernel, device type, dtypes) by compiling and running the kernel on a
+  two-element tensor; where it fails (no C++ compiler on CPU, no Triton on CUDA, a dtype
+  the compiler does not take), one warning says why and the eager path runs instead.
+  ``compile=True`` insists (a failure raises); ``compile=False`` never compiles.
+* ``foreach=None`` or ``True`` runs the eager path with foreach ops; ``foreach=False`` the
+  per-tensor one. Both give the same results.
+* Sharded tensors (``DTensor``), tensors with fewer than two elements per copy (Dynamo
+  specializes sizes 0 and 1 and would compile again), and calls made while an outer
+  ``torch.compile`` is tracing take the eager path or the kernel's plain function, so
+  that the compiled kernel is compiled exactly once per (device type, dtypes).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["CompiledKernel", "check_flag"]
+
+
+def check_flag(name: str, value: Any) -> bool | None:
+    """``value`` if it is True, False or None; otherwise ``TypeError`` naming it."""
+    if value is None or isinstance(value, bool):
+        return value
+    raise TypeError(f"Invalid {name}: {value!r} (expected True, False or None)")
+
+
+class CompiledKernel:
+    """A kernel function compiled once per process with ``torch.compile(dynamic=True,
+    fullgraph=True)``, and the record of where it works.
+
+    ``probe(key, make_args)`` compiles and runs it on small arguments the first time a key
+    (device type, dtypes) is seen; the answer is kept for the process.
+    """
+
+    def __init__(self, function: Callable[..., Any], name: str) -> None:
+        self.function = function
+        self.name = name
+        self._compiled: Callable[..., Any] | None = None
+        self._failures: dict[tuple[Any, ...], Exception | None] = {}
+
+    def __call__(self, *args: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return self.function(*args)  # an outer torch.compile traces the plain function
+        if self._compiled is None:
+            # emulate_precision_casts: a cast to bfloat16 and back rounds, as in eager mode (the
+            # RLN fold must use the weight as the parameter holds it).
+            self._compiled = torch.compile(
+                self.function, dynamic=True, fullgraph=True, options={"emulate_precision_casts": True}
+            )
+        return self._compiled(*args)
+
+    def works(self, key: tuple[Any, ...], make_args: Callable[[], tuple[Any, ...]], insist: bool) -> bool:
+        """Whether the compiled kernel runs for ``key`` (probed once per process).
+
+        Where it does not, ``insist`` (``compile=True``) raises; otherwise the first call for
+        ``key`` warns and the caller runs the eager path.
+        """
+        if key not in self._failures:
+            try:
+                self(*make_args())
+                self._failures[key] = None
+            except Exception as error:  # noqa: BLE001 - any failure to compile means: run eagerly
+                self._failures[key] = error
+                if not insist:
+                    warnings.warn(
+                        f"torch-rln: torch.compile does not work here for {key} ({_describe(error)}); "
+                        f"the {self.name} update runs eagerly (the same math, slower). "
+                        "Pass compile=False to choose the eager path and silence this warning.",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
+        error = self._failures[key]
+        if error is not None and insist:
+            raise RuntimeError(
+                f"torch-rln: torch.compile cannot build the {self.name} kernel for {key} ({_describe(error)}); "
+                "use compile=None (compile where it works) or compile=False"
+            ) from error
+        return error is None
+
+
+def _describe(error: Exception) -> str:
+    first_line = next((line for line in str(error).splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {first_line[:200]}"
