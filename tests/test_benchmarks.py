@@ -48,13 +48,31 @@ def test_quick_run_writes_every_figure(tmp_path):
     path = tmp_path / "overhead.json"
     assert overhead.main(["--quick", "--device", "cpu", "--json", str(path)]) == 0
     report = json.loads(path.read_text())
-    assert set(report["ratios"]) == set(overhead.RATIO_KEYS)
+    assert set(report["ratios"]) == set(overhead.RATIO_KEYS) == set(overhead.TARGETS)
     assert all(math.isfinite(v) and v > 0 for v in report["ratios"].values())
     assert report["ratios"]["rln_state_bytes_per_param_byte"] == 2.0
     assert report["state_bytes_per_param_byte"]["rmsln"] == 0.0
     assert {"cpu", "cores", "torch", "device"} <= set(report["machine"])
+    for times in report["pass_seconds"].values():
+        assert set(times) == {"floor", "floor_with_sums", "rln", "rln_eager"}
+    assert report["elements"]["tensor_2p36m"] == 2_359_296
     for set_name in ("boston", "mnist1d", "resnet50"):
         for times in report["step_seconds"][set_name].values():
-            assert set(times) == {"bare", "rln", "rln_compiled", "rmsln"}
+            assert set(times) == {"bare", "rln", "rln_eager", "rmsln"}
     assert set(report["step_seconds"]["boston"]) == {"sgd_momentum", "adam_foreach", "adam_fused", "adamw", "rmsprop"}
-    assert {"copy_gb_per_s", "add_gb_per_s", "foreach_gb_per_s", "compiled_gb_per_s"} <= set(report["rln_pass_resnet50"])
+
+
+def test_floor_kernel_does_the_pass_work():
+    """The floor reads and writes the three tensors and takes one log and one exp per element."""
+    import torch
+
+    overhead = load_overhead()
+    w = torch.tensor([0.5, -0.25, 1e-3])
+    lam = torch.tensor([-1.0, -3.0, -2.0])
+    r_prev = torch.tensor([0.1, 0.2, 0.3])
+    overhead.floor_kernel(w, lam, r_prev, 1.0, 0.0)
+    cap = torch.log(torch.tensor([0.5, 0.25, 1e-3]))
+    bound = torch.tensor([-1.0, -3.0, -2.0]) >= cap
+    expected_r = torch.where(bound, torch.tensor([0.5, -0.25, 1e-3]), torch.exp(torch.tensor([-1.0, -3.0, -2.0])))
+    torch.testing.assert_close(r_prev, expected_r)
+    torch.testing.assert_close(lam, torch.where(bound, cap, torch.tensor([-1.0, -3.0, -2.0])))

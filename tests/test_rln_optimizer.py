@@ -2,6 +2,7 @@
 checkpoints, and clear errors for bad input."""
 
 import copy
+from pathlib import Path
 import io
 import math
 
@@ -596,3 +597,30 @@ def test_batch_dims_equals_separate_optimizers(path):
     # One mean over the whole stack would differ: the copies' means are each avg_reg before the cap.
     per_copy = opt.lambdas(stacked).mean(dim=(1, 2))
     assert (per_copy <= -4.0 + 1e-5).all()
+
+
+def test_a_checkpoint_of_version_0_1_0_loads_and_continues():
+    """tests/data/rln-0.1.0-sgd-momentum.pt was written by torch-rln 0.1.0 (commit 1f29b15, which
+    kept lam itself and copied the weights before each step) after 20 float64 steps, with the
+    weights and coefficients of the 20 steps that followed. It loads as is, and the run
+    continues as 0.1.0 continued it, to float64 rounding amplified over 20 steps."""
+    checkpoint = torch.load(Path(__file__).parent / "data" / "rln-0.1.0-sgd-momentum.pt", weights_only=True)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)).double()
+    opt = RLNOptimizer(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), avg_reg=-4.0, reg_lr=1e3)
+    g = torch.Generator().manual_seed(1)
+    data = [(x, x[:, :3].sum(1, keepdim=True))
+            for x in (torch.randn(32, 12, generator=g, dtype=torch.float64) for _ in range(40))]
+    model.load_state_dict(checkpoint["model"])
+    opt.load_state_dict(checkpoint["optimizer"])
+    for p, lam in zip(opt.regularized_params(), checkpoint["lambdas_at_save"]):
+        assert torch.equal(opt.lambdas(p), lam)
+    for x, y in data[20:]:
+        train_step(model, opt, x, y)
+    for name, value in model.state_dict().items():
+        expected = checkpoint["continued_model"][name]
+        torch.testing.assert_close(value, expected, rtol=0, atol=1e-9)
+        assert torch.equal(value == 0, expected == 0)
+    for p, lam in zip(opt.regularized_params(), checkpoint["lambdas_continued"]):
+        torch.testing.assert_close(opt.lambdas(p), lam, rtol=0, atol=1e-8)
+    assert (model[0].weight == 0).sum() > 40

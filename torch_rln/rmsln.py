@@ -48,6 +48,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
+from ._paths import CompiledKernel, check_flag
 from ._sharding import Shards, complete_sums_, grad_placed_like_, is_sharded, local, shards_of
 from ._wrapper import RegularizedOptimizer, check_finite, state_dtype
 
@@ -104,19 +105,29 @@ def _single_tensor_rmsln(
     """
     rms_list = []
     for i, param in enumerate(params):
-        w = param.detach().to(state_dtype(param.dtype))
+        w = param.detach()
+        ws = w.to(state_dtype(w.dtype))
         (norm,), (sqrt_n,) = _whole_norms(
-            [torch.linalg.vector_norm(w)], [w], None if shards is None else [shards[i]]
+            [torch.linalg.vector_norm(ws)], [ws], None if shards is None else [shards[i]]
         )
         rms = norm / sqrt_n
         coef = reg_lambdas[i] * (2.0 * (rms - targets[i])) / sqrt_n
         if alphas is not None:
             coef = coef * alphas[i]
         nonzero = norm != 0
-        grad = torch.where(nonzero, w / torch.where(nonzero, norm, 1.0) * coef, 0.0)
-        outs[i].add_(grad)
+        scale = torch.where(nonzero, coef / torch.where(nonzero, norm, 1.0), 0.0)  # dR/dW = scale * W
+        _add_scaled_(outs[i], w, ws, scale)
         rms_list.append(rms)
     return rms_list
+
+
+def _add_scaled_(out: Tensor, w: Tensor, ws: Tensor, scale: Tensor) -> None:
+    """``out += scale * w`` in one pass, computed in the state dtype and rounded once into
+    ``out`` (a float16/bfloat16 weight goes through its float32 copy ``ws``)."""
+    if w.dtype == scale.dtype:
+        out.addcmul_(w, scale)
+    else:
+        out.add_(ws * scale)
 
 
 def _multi_tensor_rmsln(
@@ -128,45 +139,53 @@ def _multi_tensor_rmsln(
     alphas: list[Alpha] | None,
     shards: list[Shards | None] | None = None,
 ) -> list[Tensor]:
-    """The same update as :func:`_single_tensor_rmsln`, with foreach ops per device and dtype.
+    """The same update as :func:`_single_tensor_rmsln`, with foreach ops per device and dtype:
+    one ``_foreach_norm`` and one ``_foreach_addcmul_`` over the weights (their floor: one
+    reduction and one multiply-add pass), the rest on 0-d tensors.
 
-    One ``_foreach_norm`` per (device, dtype) bucket. The zero-norm mask is formed in
-    arithmetic (there is no foreach ``where``): ``sign(norm)`` is 1 where the norm is
-    positive and 0 where it is 0; the weights are divided by ``norm + (1 - sign(norm))``
-    (the norm itself, or 1 where it is 0) and the coefficient is multiplied by
-    ``sign(norm)``. The results equal the per-tensor path's.
+    The zero-norm mask is formed in arithmetic (there is no foreach ``where``):
+    ``sign(norm)`` is 1 where the norm is positive and 0 where it is 0; the coefficient is
+    multiplied by it and divided by ``norm + (1 - sign(norm))`` (the norm itself, or 1).
+    The results equal the per-tensor path's.
     """
     grouped = _group_tensors_by_device_and_dtype([params, outs], with_indices=True)
     rms_list: list[Tensor | None] = [None] * len(params)
     for (device_params, device_outs), indices in grouped.values():
-        ws = [p.detach().to(state_dtype(p.dtype)) for p in device_params]
+        weights = [p.detach() for p in device_params]
+        ws = [w.to(state_dtype(w.dtype)) for w in weights]
         norms, sqrt_ns = _whole_norms(
             list(torch._foreach_norm(ws)), ws, None if shards is None else [shards[i] for i in indices]
         )
         rms = torch._foreach_div(norms, sqrt_ns)
-
-        coefs = torch._foreach_sub(rms, [targets[i] for i in indices])
-        torch._foreach_mul_(coefs, [2.0 * reg_lambdas[i] for i in indices])
-        torch._foreach_div_(coefs, sqrt_ns)  # 2 lambda (rms - target) / sqrt(n)
-        if alphas is not None:
-            device_alphas = [alphas[i] for i in indices]
-            if any(isinstance(a, Tensor) for a in device_alphas):
-                device_alphas = [
-                    torch.as_tensor(a).to(device=w.device, dtype=w.dtype) for a, w in zip(device_alphas, ws)
-                ]
-            torch._foreach_mul_(coefs, device_alphas)
-        nonzero = torch._foreach_sign(norms)  # 1 where norm > 0, 0 where norm == 0
-        torch._foreach_mul_(coefs, nonzero)
-        safe_norms = torch._foreach_neg(nonzero)
-        torch._foreach_add_(safe_norms, 1.0)
-        torch._foreach_add_(safe_norms, norms)  # the norm, or 1 where it is 0
-
-        grads = torch._foreach_div(ws, safe_norms)
-        torch._foreach_mul_(grads, coefs)
-        torch._foreach_add_(device_outs, grads)
+        scales = _scales(norms, rms, sqrt_ns, [reg_lambdas[i] for i in indices], [targets[i] for i in indices],
+                         None if alphas is None else [alphas[i] for i in indices])
+        if weights[0].dtype == ws[0].dtype:
+            torch._foreach_addcmul_(device_outs, weights, scales)
+        else:
+            torch._foreach_add_(device_outs, torch._foreach_mul(ws, scales))
         for i, r in zip(indices, rms):
             rms_list[i] = r
     return rms_list  # type: ignore[return-value]
+
+
+def _scales(norms: list[Tensor], rms: list[Tensor], sqrt_ns: list[float], reg_lambdas: list[float],
+            targets: list[float], alphas: list[Alpha] | None) -> list[Tensor]:
+    """Per tensor, the 0-d ``scale`` with ``alpha * dR/dW = scale * W``:
+    ``alpha * 2 lambda (rms - target) / (sqrt(n) * norm)``, and 0 where the norm is 0."""
+    coefs = torch._foreach_sub(rms, targets)
+    torch._foreach_mul_(coefs, [2.0 * lam for lam in reg_lambdas])
+    torch._foreach_div_(coefs, sqrt_ns)  # 2 lambda (rms - target) / sqrt(n)
+    if alphas is not None:
+        if any(isinstance(a, Tensor) for a in alphas):
+            alphas = [torch.as_tensor(a).to(device=c.device, dtype=c.dtype) for a, c in zip(alphas, coefs)]
+        torch._foreach_mul_(coefs, alphas)
+    nonzero = torch._foreach_sign(norms)  # 1 where norm > 0, 0 where norm == 0
+    torch._foreach_mul_(coefs, nonzero)
+    safe_norms = torch._foreach_neg(nonzero)
+    torch._foreach_add_(safe_norms, 1.0)
+    torch._foreach_add_(safe_norms, norms)  # the norm, or 1 where it is 0
+    torch._foreach_div_(coefs, safe_norms)
+    return coefs
 
 
 def _fused_rmsln_kernel(w: Tensor, out: Tensor, reg_lambda: float, target: float, alpha: float) -> Tensor:
@@ -182,7 +201,17 @@ def _fused_rmsln_kernel(w: Tensor, out: Tensor, reg_lambda: float, target: float
     return rms
 
 
-_compiled_kernel = None
+_KERNEL = CompiledKernel(_fused_rmsln_kernel, "RMSLN")
+
+
+def compiled_kernel_works(device: torch.device, dtype: torch.dtype, insist: bool = False) -> bool:
+    """Whether the compiled RMSLN kernel runs for weights of ``dtype`` on ``device`` (probed once)."""
+
+    def probe_args() -> tuple[Any, ...]:
+        w = torch.tensor([0.5, -0.25], device=device).to(dtype)
+        return w, torch.zeros_like(w), 0.1, 1.0, 1.0
+
+    return _KERNEL.works((device.type, dtype), probe_args, insist)
 
 
 def _compiled_rmsln(
@@ -203,9 +232,6 @@ def _compiled_rmsln(
     ones, and those scaled by a tensor learning rate (torch 2.14's compiler fails on a
     0-d tensor argument here) take the foreach path; sharded ones never come here.
     """
-    global _compiled_kernel
-    if _compiled_kernel is None:
-        _compiled_kernel = torch.compile(_fused_rmsln_kernel, dynamic=True, fullgraph=True)
     rms_list: list[Tensor | None] = [None] * len(params)
     rest = {
         i for i, p in enumerate(params)
@@ -219,7 +245,7 @@ def _compiled_rmsln(
         alpha = 1.0 if alphas is None else alphas[i]
         # view(-1).detach(): flat aliases without a _base, so Dynamo guards no base shape
         flat_p, flat_out = p.view(-1).detach(), out.view(-1).detach()
-        rms_list[i] = _compiled_kernel(flat_p, flat_out, reg_lambdas[i], targets[i], alpha)
+        rms_list[i] = _KERNEL(flat_p, flat_out, reg_lambdas[i], targets[i], alpha)
     if rest:
         order = sorted(rest)
         rms_rest = _multi_tensor_rmsln(
@@ -366,9 +392,11 @@ class RMSLNWrapper(RegularizedOptimizer):
         decoupled: the mode (for the whole wrapper, not per group); see above. Needs an
             ``"lr"`` in the inner param group of every regularized parameter.
         foreach: use the foreach implementation (default) rather than the per-tensor one.
-        compile: run the update as one fused kernel per tensor, compiled with
-            ``torch.compile(fullgraph=True, dynamic=True)`` once per dtype for every model
-            and setting in the process; the first step pays the compile time.
+        compile: ``None`` (default) or ``False``: the eager path, which is already RMSLN's
+            floor (one ``_foreach_norm`` and one ``_foreach_addcmul_`` over the weights of a
+            device and dtype); ``True``: one fused kernel per tensor, compiled with
+            ``torch.compile(fullgraph=True, dynamic=True)`` once per dtype (on a CPU it is
+            slower: a call per tensor; see ``benchmarks/README.md``).
 
     Example::
 
@@ -395,18 +423,18 @@ class RMSLNWrapper(RegularizedOptimizer):
         target: float = 1.0,
         decoupled: bool = False,
         foreach: bool | None = None,
-        compile: bool = False,
+        compile: bool | None = None,
     ) -> None:
         if not isinstance(decoupled, bool):
             raise TypeError(f"Invalid decoupled: {decoupled!r} (expected True or False)")
-        if foreach is not None and not isinstance(foreach, bool):
-            raise TypeError(f"Invalid foreach: {foreach!r} (expected True, False or None)")
+        check_flag("foreach", foreach)
+        check_flag("compile", compile)
         super().__init__(optimizer, params, {"reg_lambda": reg_lambda, "target": target})
         self.decoupled = decoupled
         if decoupled:
             self._check_lr(self.param_groups, self._regularized_ids())
-        self.foreach = True if foreach is None else foreach
-        self.compile = bool(compile)
+        self.foreach = foreach
+        self.compile = compile
 
     def validate_group(self, group: dict[str, Any]) -> None:
         group["reg_lambda"], group["target"] = _check_settings(group["reg_lambda"], group["target"])
@@ -497,9 +525,9 @@ class RMSLNWrapper(RegularizedOptimizer):
         return torch.zeros(()) if total is None else total
 
     def _update(self) -> Callable[..., list[Tensor]]:
-        if self.compile:
+        if self.compile:  # None: eager, which is the floor already
             return _compiled_rmsln
-        return _multi_tensor_rmsln if self.foreach else _single_tensor_rmsln
+        return _multi_tensor_rmsln if self.foreach is not False else _single_tensor_rmsln
 
     # ------------------------------------------------------------------ the regularization pass
     def before_inner_step(self, has_closure: bool) -> None:
