@@ -624,3 +624,49 @@ def test_a_checkpoint_of_version_0_1_0_loads_and_continues():
     for p, lam in zip(opt.regularized_params(), checkpoint["lambdas_continued"]):
         torch.testing.assert_close(opt.lambdas(p), lam, rtol=0, atol=1e-8)
     assert (model[0].weight == 0).sum() > 40
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("path", list(PATHS))
+def test_l2_with_weights_near_the_largest_float_stays_finite_and_leaves_the_others_alone(dtype, path):
+    """norm=2 never forms 2 w (inf past half the largest float): a weight of 2e38 is shrunk
+    by (2 e^lam) w like the others, and the ordinary weights of its tensor train as they
+    would beside an ordinary weight (its fold, too large for float32, is dropped)."""
+    results = []
+    for big in (2e38, 2.0):
+        w = torch.nn.Parameter(torch.tensor([[big, 0.5, -0.25, 1.0]], dtype=dtype))
+        opt = RLNOptimizer(torch.optim.SGD([w], lr=1e-3), norm=2, avg_reg=-5.0, reg_lr=1.0, **PATHS[path])
+        for _ in range(4):
+            w.grad = torch.full_like(w, 0.1)
+            opt.step()
+        assert torch.isfinite(w).all() and torch.isfinite(opt.lambdas(w)).all()
+        results.append((w.detach().float(), opt.lambdas(w)))
+    (w_big, lam_big), (w_small, lam_small) = results
+    assert 1e38 < w_big[0, 0] < 2e38  # shrunk, finite
+    torch.testing.assert_close(w_big[0, 1:], w_small[0, 1:], rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=0)
+    assert (lam_big[0, 1:] - (-5.0)).abs().max() < 0.05
+
+
+def test_a_nan_weight_does_not_switch_rln_off_for_its_tensor():
+    """SGD with momentum, one weight NaN from step 10 (the adversarial run of issue 14). Its
+    coefficient stays frozen instead of following the projection up (0.1.0: 102 by step 100,
+    pushing every other coefficient down), and the tensor zeroes about as many weights as the
+    same run without the NaN (here 525 and 527 of 600; 0.1.0: 502 and 527)."""
+    def run(with_nan):
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(0.3 * torch.randn(20, 30))
+        opt = RLNOptimizer(torch.optim.SGD([w], lr=0.05, momentum=0.9), avg_reg=-4.0, reg_lr=1e3, compile=False)
+        g = torch.Generator().manual_seed(1)
+        for k in range(100):
+            w.grad = 0.1 * torch.randn(20, 30, generator=g) + 0.02 * w.detach().nan_to_num()
+            if with_nan and k == 10:
+                w.grad[0, 0] = math.nan
+            opt.step()
+        return w.detach(), opt.lambdas(w)
+
+    (w_nan, lam_nan), (w_clean, _) = run(True), run(False)
+    assert torch.isnan(w_nan[0, 0])
+    assert lam_nan[0, 0] < 0  # frozen near where it was, not climbing
+    zeros_nan, zeros_clean = int((w_nan == 0).sum()), int((w_clean == 0).sum())
+    assert zeros_clean >= 10
+    assert abs(zeros_nan - zeros_clean) <= max(3, zeros_clean // 5)

@@ -46,14 +46,40 @@ def test_pickle_and_deepcopy_with_a_scheduler_attached(name):
     assert not all(torch.equal(a, b) for a, b in zip(before, clone["model"].parameters()))
 
 
+BAD_SETTING = {"rln": ("avg_reg", math.nan), "rmsln": ("reg_lambda", -1.0)}
+
+
 @pytest.mark.parametrize("name", list(WRAPPERS))
 def test_failed_add_param_group_changes_nothing(name):
     model, _, _ = model_and_batch()
     opt = WRAPPERS[name](torch.optim.SGD(model.parameters(), lr=0.1))
-    bad = torch.nn.Parameter(torch.randn(2, 2, dtype=torch.complex64))
-    with pytest.raises(ValueError, match="complex tensor"):
-        opt.add_param_group({"params": [bad]})
+    key, value = BAD_SETTING[name]
+    with pytest.raises(ValueError, match=f"Invalid {key}: {value!r}"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(2, 2))], key: value})
+    # A tensor the inner optimizer already holds: torch's own message.
+    with pytest.raises(ValueError, match="some parameters appear in more than one parameter group"):
+        opt.add_param_group({"params": [model[0].weight]})
     assert len(opt.optimizer.param_groups) == 1 and len(opt.reg_groups) == 1
+
+
+@pytest.mark.parametrize("name", list(WRAPPERS))
+def test_tensors_that_cannot_be_regularized_are_skipped_by_default(name):
+    """params=None (and a new group without settings) regularizes the real floating-point
+    matrices and leaves complex ones to the inner optimizer; asked for explicitly, they are refused."""
+    real = torch.nn.Parameter(torch.randn(3, 4))
+    cplx = torch.nn.Parameter(torch.randn(3, 4, dtype=torch.complex64))
+    opt = WRAPPERS[name](torch.optim.SGD([real, cplx], lr=0.1))
+    assert opt.regularized_params() == [real]
+    more = torch.nn.Parameter(torch.randn(2, 2, dtype=torch.complex64))
+    opt.add_param_group({"params": [more]})
+    assert len(opt.optimizer.param_groups) == 2 and opt.regularized_params() == [real]
+    for p in (real, cplx, more):
+        p.grad = torch.ones_like(p)
+    before = cplx.detach().clone()
+    opt.step()  # the inner optimizer steps the complex tensors; the wrapper leaves them alone
+    torch.testing.assert_close(cplx.detach(), before - 0.1)
+    with pytest.raises(ValueError, match=r"cannot regularize a complex tensor \(shape \(3, 4\), dtype torch.complex64\)"):
+        WRAPPERS[name](torch.optim.SGD([real, cplx], lr=0.1), params=[cplx])
 
 
 @pytest.mark.parametrize("name", list(WRAPPERS))
@@ -140,3 +166,38 @@ def test_foreach_equals_per_tensor_with_non_finite_and_signed_zero_grads(name):
         results.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+ROUTED = {"rln": {"avg_reg": -8.0, "norm": 2}, "rmsln": {"reg_lambda": 0.5, "target": 2.0}}
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["params_none", "explicit_params"])
+@pytest.mark.parametrize("name", list(WRAPPERS))
+def test_add_param_group_routes_the_wrapper_settings_to_a_regularization_group(name, explicit):
+    model, _, _ = model_and_batch()
+    params = [model[0].weight] if explicit else None
+    opt = WRAPPERS[name](torch.optim.SGD(model.parameters(), lr=0.1), params=params)
+    extra = torch.nn.Linear(3, 3)
+    opt.add_param_group({"params": list(extra.parameters()), "lr": 0.01, **ROUTED[name]})
+    inner_group = opt.optimizer.param_groups[-1]
+    assert inner_group["lr"] == 0.01 and not set(ROUTED[name]) & set(inner_group)
+    group = opt.reg_groups[-1]
+    assert group["params"] == [extra.weight]
+    assert {k: group[k] for k in ROUTED[name]} == ROUTED[name]
+    # a group without settings: regularized only under params=None
+    more = torch.nn.Linear(2, 2)
+    opt.add_param_group({"params": list(more.parameters())})
+    assert any(p is more.weight for p in opt.regularized_params()) is not explicit
+
+
+@pytest.mark.parametrize("name", list(WRAPPERS))
+def test_an_inner_optimizer_holding_a_tensor_twice_is_taken(name):
+    """torch only warns about a tensor listed twice in a param group; params=None
+    regularizes it once."""
+    w = torch.nn.Parameter(torch.randn(4, 5))
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        inner = torch.optim.SGD([w, w], lr=0.1)
+    opt = WRAPPERS[name](inner)
+    assert opt.regularized_params() == [w]
+    w.grad = torch.ones_like(w)
+    opt.step()

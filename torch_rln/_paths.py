@@ -24,14 +24,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CompiledKernel", "check_flag"]
-
-
-def check_flag(name: str, value: Any) -> bool | None:
-    """``value`` if it is True, False or None; otherwise ``TypeError`` naming it."""
-    if value is None or isinstance(value, bool):
-        return value
-    raise TypeError(f"Invalid {name}: {value!r} (expected True, False or None)")
+__all__ = ["CompiledKernel"]
 
 
 class CompiledKernel:

@@ -8,60 +8,56 @@ scheduler that changes ``param_groups[i]["lr"]`` drives the inner learning rate,
 nothing goes stale after ``load_state_dict``.
 
 A wrapper regularizes a subset of the inner parameters, organised in its own
-*regularization groups* (``reg_groups``), each with its own hyperparameters, and keeps
-its per-parameter tensors in its own ``reg_state`` (never in the inner state: inner
-optimizers such as AdamW initialise their state lazily when it is empty, and
-``Optimizer.load_state_dict`` would cast our float32 state to a bfloat16 parameter's
-dtype). ``state_dict()`` merges both into torch's layout: the wrapper's tensors sit in
-``state[i]`` under prefixed keys beside the inner ones, and its groups under one extra
-top-level key, so a checkpoint loads with ``torch.load(weights_only=True)``.
+*regularization groups* (``reg_groups``, see :mod:`torch_rln._groups`), each with its own
+hyperparameters, and keeps its per-parameter tensors in its own ``reg_state`` (never in
+the inner state: inner optimizers such as AdamW initialise their state lazily when it is
+empty, and ``Optimizer.load_state_dict`` would cast our float32 state to a bfloat16
+parameter's dtype). ``state_dict()`` merges both into torch's layout: the wrapper's tensors
+sit in ``state[i]`` under prefixed keys beside the inner ones, and its groups under one
+extra top-level key, so a checkpoint loads with ``torch.load(weights_only=True)``.
 
 Wrappers nest: ``RMSLNWrapper(RLNOptimizer(Adam(...)))`` works because every wrapper is
 itself an Optimizer whose ``param_groups``, ``state`` and ``state_dict`` follow torch's
-conventions.
+conventions. torch's global step hooks (``register_optimizer_step_pre_hook``) fire once per
+``step()``, for the outermost optimizer.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
+import contextlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, ClassVar
 
 import torch
+import torch.optim.optimizer as torch_optimizer
 from torch.optim import Optimizer
 
-from ._sharding import distribute_tensor, is_sharded, local
+from ._checkpoint import all_finite, is_by_name, placed_like, split_state
+from ._groups import build_groups, check_params, default_choice, tensors_of
+from ._validation import regularizable
 
 __all__ = ["RegularizedOptimizer"]
 
-
-def check_finite(name: str, value: Any) -> float:
-    """Return ``value`` as a Python float, or raise ``ValueError`` naming it if it is not
-    a finite real number (Python and NumPy numbers are accepted; bools and tensors are not)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise ValueError(f"Invalid {name}: {value!r} (expected a finite number)")
-    return float(value)
+State = dict[torch.Tensor, dict[str, torch.Tensor]]
 
 
-def check_int(name: str, value: Any, allowed: str) -> int:
-    """Return ``value`` as a Python int, or raise ``ValueError`` naming it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"Invalid {name}: {value!r} (expected {allowed})")
-    return int(value)
-
-
-def _tensors_of(params: Any) -> list[Any]:
-    """The tensors of a param group's ``params``: a tensor, tensors, or (name, tensor) pairs."""
-    if isinstance(params, torch.Tensor):
-        return [params]
-    return [p[1] if isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) else p for p in params]
-
-
-def state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype a wrapper keeps its state in: float32 at least, the parameter's dtype above that."""
-    return dtype if torch.finfo(dtype).bits >= 32 else torch.float32
+@contextlib.contextmanager
+def _global_step_hooks_paused() -> Iterator[None]:
+    """Run the inner optimizer's step without torch's global step hooks: they have fired
+    for the wrapper, and torch's protocol runs them once per ``step()``. (The module-level
+    dicts are swapped, not emptied, so the hooks' handles stay valid.)"""
+    pre, post = torch_optimizer._global_optimizer_pre_hooks, torch_optimizer._global_optimizer_post_hooks
+    if not pre and not post:
+        yield
+        return
+    torch_optimizer._global_optimizer_pre_hooks = OrderedDict()
+    torch_optimizer._global_optimizer_post_hooks = OrderedDict()
+    try:
+        yield
+    finally:
+        torch_optimizer._global_optimizer_pre_hooks = pre
+        torch_optimizer._global_optimizer_post_hooks = post
 
 
 class RegularizedOptimizer(Optimizer):
@@ -71,27 +67,37 @@ class RegularizedOptimizer(Optimizer):
 
     * ``group_defaults``: the regularization hyperparameters and their default values;
     * ``state_key``: the prefix of the wrapper's per-parameter keys in ``state_dict()``
-      and the name of the top-level key that holds its groups;
-    * ``state_names``: the names of its per-parameter state tensors (none for a stateless one);
+      and the name of the top-level key that holds its groups (``<state_key>_groups``);
+    * ``state_names``: the names of its per-parameter tensors in checkpoints (none for a
+      stateless wrapper);
+
+    and override:
+
     * ``validate_group(group)``: raise ``ValueError`` naming any bad value, and turn the
       good ones into plain Python numbers in place (so checkpoints stay weights_only-safe);
-    * ``before_inner_step(has_closure)`` / ``after_inner_step(context)``: the regularization pass;
-      optionally ``wrap_closure(closure)``.
+      ``group["params"]``, when present, holds the group's tensors;
+    * ``validate_state(key, tensors)``: check a parameter's saved tensors before loading
+      (the default refuses non-finite values);
+    * ``export_state()`` / ``import_state(state, replace)``: the per-parameter state as
+      checkpoints hold it, when the live form differs (RLN folds its coefficients);
+    * ``before_inner_step(has_closure)`` / ``after_inner_step(context)``: the
+      regularization pass, both under ``no_grad``; optionally ``wrap_closure(closure)``.
 
     Skips ``Optimizer.__init__`` on purpose (it would build param groups of its own),
     and sets the hook dictionaries that the base class methods rely on.
     """
 
-    group_defaults: dict[str, Any] = {}
-    state_key: str = "reg"
-    state_names: tuple[str, ...] = ()
+    group_defaults: ClassVar[dict[str, Any]] = {}
+    state_key: ClassVar[str] = "reg"
+    state_names: ClassVar[tuple[str, ...]] = ()
+    wrappers_by_key: ClassVar[dict[str, type[RegularizedOptimizer]]] = {}
 
-    def __init__(
-        self,
-        optimizer: Optimizer,
-        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]] | None,
-        defaults: dict[str, Any],
-    ) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "state_key" in cls.__dict__:
+            RegularizedOptimizer.wrappers_by_key[cls.state_key] = cls
+
+    def __init__(self, optimizer: Optimizer, params: Any, defaults: dict[str, Any]) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
                 f"{type(self).__name__} wraps a torch.optim.Optimizer, "
@@ -105,25 +111,46 @@ class RegularizedOptimizer(Optimizer):
                 )
         reg_defaults = dict(defaults)
         self.validate_group(reg_defaults)
-        reg_groups = self._build_groups(optimizer, params, reg_defaults)
+        reg_groups = build_groups(optimizer, params, reg_defaults, self.validate_group)
 
         # Everything is validated: from here on nothing can fail.
         self.optimizer = optimizer
         self.reg_defaults = reg_defaults
         self.reg_groups: list[dict[str, Any]] = reg_groups
-        self.reg_state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+        self.reg_state: State = {}
         self._regularize_new_groups = params is None
-        self._optimizer_step_pre_hooks: OrderedDict = OrderedDict()
-        self._optimizer_step_post_hooks: OrderedDict = OrderedDict()
-        self._optimizer_state_dict_pre_hooks: OrderedDict = OrderedDict()
-        self._optimizer_state_dict_post_hooks: OrderedDict = OrderedDict()
-        self._optimizer_load_state_dict_pre_hooks: OrderedDict = OrderedDict()
-        self._optimizer_load_state_dict_post_hooks: OrderedDict = OrderedDict()
+        self._optimizer_step_pre_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
+        self._optimizer_step_post_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
+        self._optimizer_state_dict_pre_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
+        self._optimizer_state_dict_post_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
         self._patch_step_function()
 
     # ------------------------------------------------------------------ hooks for subclasses
     def validate_group(self, group: dict[str, Any]) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def validate_state(self, key: Any, tensors: dict[str, torch.Tensor]) -> None:
+        """Check the saved state of the parameter with key ``key`` (its position, or its name
+        in a torch.distributed.checkpoint state dict) before loading: every value finite."""
+        for name, value in tensors.items():
+            if not all_finite(value):
+                raise ValueError(
+                    f"{type(self).__name__}: state {self.state_key}_{name} of parameter {key!r} holds "
+                    "NaN or Inf values; a non-finite coefficient would reach every other one of its tensor"
+                )
+
+    def export_state(self) -> State:
+        """The per-parameter state as checkpoints hold it (keys: ``state_names``)."""
+        return self.reg_state
+
+    def import_state(self, state: State, replace: bool = True) -> None:
+        """Take checkpoint state (keys: ``state_names``, checked and placed) as this wrapper's:
+        all of it (``replace``), or for the parameters given (state found in the inner optimizer)."""
+        if replace:
+            self.reg_state = {}
+        self.reg_state.update(state)
 
     def before_inner_step(self, has_closure: bool) -> Any:
         """Runs under ``no_grad`` before the inner step; its result goes to ``after_inner_step``.
@@ -148,11 +175,11 @@ class RegularizedOptimizer(Optimizer):
         self.optimizer.param_groups = value
 
     @property
-    def state(self):  # type: ignore[override]
+    def state(self) -> Any:  # type: ignore[override]
         return self.optimizer.state
 
     @state.setter
-    def state(self, value) -> None:
+    def state(self, value: Any) -> None:
         self.optimizer.state = value
 
     @property
@@ -169,20 +196,26 @@ class RegularizedOptimizer(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the inner optimizer.
 
-        If this wrapper was built with ``params=None`` (regularize every weight), the new
-        group's parameters with ``ndim >= 2`` are regularized too, with the default settings.
+        This wrapper's settings in ``param_group`` (e.g. ``avg_reg`` for RLN) are taken out
+        of it and regularize the group's tensors that can be regularized and have
+        ``ndim >= 2``, with the other settings at their defaults; a wrapper built with
+        ``params=None`` does the same for a group without settings. Everything is checked
+        before anything changes; torch's own checks (a tensor already held, ...) apply.
         """
-        param_group = dict(param_group)
-        params = param_group["params"]
-        param_group["params"] = [params] if isinstance(params, torch.Tensor) else list(params)
+        inner_group = dict(param_group)
+        params = inner_group["params"]
+        inner_group["params"] = [params] if isinstance(params, torch.Tensor) else list(params)
+        settings = {k: inner_group.pop(k) for k in list(inner_group) if k in self.group_defaults}
         new_group = None
-        if self._regularize_new_groups:
-            new = [p for p in _tensors_of(param_group["params"]) if isinstance(p, torch.Tensor) and p.ndim >= 2]
-            if new:
-                new_group = {"params": new, **self.reg_defaults}
+        if settings or self._regularize_new_groups:
+            chosen = default_choice(tensors_of(inner_group["params"]))
+            if chosen:
+                new_group = {"params": chosen, **self.reg_defaults, **settings}
                 self.validate_group(new_group)
-                self._check_params([new_group], self.optimizer, already=self._regularized_ids(), adding=new)
-        self.optimizer.add_param_group(param_group)
+                held = {id(p) for g in self.param_groups for p in g["params"]}
+                fresh = [p for p in chosen if id(p) not in held]  # torch refuses the others below
+                check_params([{**new_group, "params": fresh}], self.optimizer, self._regularized_ids(), fresh)
+        self.optimizer.add_param_group(inner_group)
         if new_group is not None:
             self.reg_groups.append(new_group)
 
@@ -191,10 +224,8 @@ class RegularizedOptimizer(Optimizer):
         self._adopt_state_from_inner()
         with torch.no_grad():
             context = self.before_inner_step(closure is not None)
-        if closure is None:
-            loss = self.optimizer.step()
-        else:
-            loss = self.optimizer.step(self.wrap_closure(closure))
+        with _global_step_hooks_paused():
+            loss = self.optimizer.step() if closure is None else self.optimizer.step(self.wrap_closure(closure))
         with torch.no_grad():
             self.after_inner_step(context)
         return loss
@@ -211,76 +242,8 @@ class RegularizedOptimizer(Optimizer):
             if any(p is param for p in group["params"]):
                 return group
         raise ValueError(
-            f"{type(self).__name__} does not regularize this tensor "
-            f"(shape {tuple(param.shape)}, dtype {param.dtype})"
+            f"{type(self).__name__} does not regularize this tensor (shape {tuple(param.shape)}, dtype {param.dtype})"
         )
-
-    def _build_groups(self, optimizer, params, reg_defaults) -> list[dict[str, Any]]:
-        if params is None:
-            chosen = [p for g in optimizer.param_groups for p in g["params"] if p.ndim >= 2]
-            groups = [{"params": chosen, **reg_defaults}] if chosen else []
-            for group in groups:
-                self.validate_group(group)
-        else:
-            if isinstance(params, torch.Tensor):
-                raise TypeError(
-                    "params should be an iterable of Tensors or dicts, but got a single "
-                    f"{torch.typename(params)}: wrap it in a list"
-                )
-            items = list(params)
-            if not items:
-                raise ValueError("params is empty: give the tensors to regularize, or None for every matrix")
-            if not all(isinstance(x, dict) for x in items):
-                if any(isinstance(x, dict) for x in items):
-                    raise TypeError("params mixes tensors and dicts: give one or the other")
-                items = [{"params": items}]
-            groups = []
-            for item in items:
-                group = dict(item)
-                if "params" not in group:
-                    raise ValueError(f"a regularization group has no 'params' key: {sorted(group)}")
-                group["params"] = _tensors_of(group["params"])
-                unknown = set(group) - set(reg_defaults) - {"params"}
-                if unknown:
-                    raise ValueError(
-                        f"unknown setting(s) {sorted(unknown)} in a regularization group "
-                        f"(known: {sorted(reg_defaults)})"
-                    )
-                for key, value in reg_defaults.items():
-                    group.setdefault(key, value)
-                self.validate_group(group)
-                groups.append(group)
-        self._check_params(groups, optimizer, already=set())
-        return groups
-
-    @staticmethod
-    def _check_params(groups, optimizer, already: set[int], adding: list[torch.Tensor] = ()) -> None:
-        """Check the tensors to regularize: strided real floating point, held by ``optimizer``
-        (or among ``adding``, about to join it), and not regularized yet."""
-        held = [p for g in optimizer.param_groups for p in g["params"]]
-        inner_index = {id(p): i for i, p in enumerate([*held, *adding])}
-        seen = set(already)
-        for group in groups:
-            for p in group["params"]:
-                if not isinstance(p, torch.Tensor):
-                    raise TypeError(f"regularized params must be tensors, got {torch.typename(p)}")
-                desc = f"shape {tuple(p.shape)}, dtype {p.dtype}"
-                if p.is_sparse or p.layout != torch.strided:
-                    raise ValueError(f"cannot regularize a sparse tensor ({desc}, layout {p.layout})")
-                if p.is_complex():
-                    raise ValueError(f"cannot regularize a complex tensor ({desc})")
-                if not p.is_floating_point():
-                    raise ValueError(f"cannot regularize a non-floating-point tensor ({desc})")
-                if id(p) not in inner_index:
-                    raise ValueError(
-                        f"a regularized tensor ({desc}) is not a parameter of the inner optimizer"
-                    )
-                if id(p) in seen:
-                    raise ValueError(
-                        f"parameter {inner_index[id(p)]} of the inner optimizer ({desc}) "
-                        "is regularized twice"
-                    )
-                seen.add(id(p))
 
     def _inner_index(self) -> dict[int, int]:
         """Parameter id -> the integer key it has in ``state_dict()['state']`` (torch's order)."""
@@ -305,9 +268,7 @@ class RegularizedOptimizer(Optimizer):
         state = dict(inner["state"])
         for p, tensors in self.export_state().items():
             i = index[id(p)]
-            entry = dict(state.get(i, {}))
-            entry.update({f"{self.state_key}_{k}": v for k, v in tensors.items()})
-            state[i] = entry
+            state[i] = {**state.get(i, {}), **{f"{self.state_key}_{k}": v for k, v in tensors.items()}}
         groups = [
             {**{k: v for k, v in g.items() if k != "params"}, "params": [index[id(p)] for p in g["params"]]}
             for g in self.reg_groups
@@ -320,11 +281,12 @@ class RegularizedOptimizer(Optimizer):
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a checkpoint written by ``state_dict()`` of a wrapper built the same way.
+        """Load a checkpoint written by ``state_dict()`` of the same stack of wrappers.
 
-        Everything is checked before anything changes: the regularized parameters (by
-        position), the shapes of the saved tensors, and the saved hyperparameters. The saved
-        hyperparameters replace the current ones, as in torch.
+        Everything is checked before anything changes: that the checkpoint is this
+        wrapper's (and holds no other torch-rln wrapper's settings that this stack cannot
+        take), the regularized parameters (by position), the shapes and values of the saved
+        tensors, and the saved hyperparameters, which replace the current ones, as in torch.
 
         A state dict that went through ``torch.distributed.checkpoint``
         (``get_optimizer_state_dict`` / ``set_optimizer_state_dict``) keeps only
@@ -337,79 +299,90 @@ class RegularizedOptimizer(Optimizer):
             result = hook(self, state_dict)
             if result is not None:
                 state_dict = result
-        name = type(self).__name__
-        groups_key = f"{self.state_key}_groups"
-        prefix = f"{self.state_key}_"
+        saved_groups = self._saved_groups(state_dict)
+        self._refuse_foreign_groups(state_dict)
+        settings = [] if saved_groups is None else self._checked_settings(saved_groups)
+        inner_state, ours = split_state(state_dict.get("state", {}), f"{self.state_key}_")
+        placed = self._placed_state(ours, state_dict)
+        self.optimizer.load_state_dict({**state_dict, "state": inner_state})
+        for group, values in zip(self.reg_groups, settings):
+            group.update(values)
+        self.import_state(placed)
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    def _saved_groups(self, state_dict: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """Pop and return this wrapper's saved groups; None for a torch.distributed.checkpoint
+        state dict (which drops them); an error for a state dict that is not this wrapper's."""
+        groups_key, prefix, name = f"{self.state_key}_groups", f"{self.state_key}_", type(self).__name__
+        if groups_key in state_dict:
+            return list(state_dict.pop(groups_key))
         saved_state = state_dict.get("state", {})
-        if groups_key not in state_dict:
-            # Only torch.distributed.checkpoint drops our groups key, and it keys the
-            # parameters by name; any other state dict without it is not ours.
-            by_name = any(isinstance(k, str) for g in state_dict.get("param_groups", []) for k in g.get("params", ()))
-            ours_saved = any(
-                isinstance(k, str) and k.startswith(prefix) for entry in saved_state.values() for k in entry
+        ours_saved = any(isinstance(k, str) and k.startswith(prefix) for entry in saved_state.values() for k in entry)
+        if not is_by_name(state_dict) or (self.state_names and saved_state and not ours_saved):
+            raise ValueError(
+                f"this state_dict has no {groups_key!r}"
+                + (f" and no {name} state" if self.state_names else "")
+                + f": it was not saved by {name} (or it went through torch.distributed.checkpoint with "
+                "flatten_optimizer_state_dict=True, which keeps only the inner optimizer's keys: use the "
+                f"default options). To load a checkpoint of the inner optimizer, use {name}.optimizer.load_state_dict"
             )
-            if not by_name or (self.state_names and saved_state and not ours_saved):
+        return None
+
+    def _refuse_foreign_groups(self, state_dict: dict[str, Any]) -> None:
+        """Refuse the settings of a torch-rln wrapper that this stack of wrappers lacks (a
+        checkpoint of ``RMSLNWrapper(RLNOptimizer(...))`` loaded into an ``RLNOptimizer``)."""
+        ours = {w.state_key for w in _inner_chain(self) if isinstance(w, RegularizedOptimizer)}
+        for key, cls in self.wrappers_by_key.items():
+            if f"{key}_groups" in state_dict and key not in ours:
                 raise ValueError(
-                    f"this state_dict has no {groups_key!r}"
-                    + (f" and no {name} state" if self.state_names else "")
-                    + f": it was not saved by {name} (or it went through torch.distributed.checkpoint with "
-                    "flatten_optimizer_state_dict=True, which keeps only the inner optimizer's keys: use the "
-                    f"default options). To load a checkpoint of the inner optimizer, use {name}.optimizer.load_state_dict"
+                    f"this state_dict holds {key + '_groups'!r}, the settings of a {cls.__name__}, but this "
+                    f"{type(self).__name__} has no {cls.__name__} in its stack: load it into the same stack of "
+                    f"wrappers it was saved from"
                 )
-        saved_groups = state_dict.pop(groups_key, None)
+
+    def _checked_settings(self, saved_groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The saved settings of each group, validated against its tensors."""
+        name = type(self).__name__
+        if len(saved_groups) != len(self.reg_groups):
+            raise ValueError(
+                f"{name}: the state_dict has {len(saved_groups)} regularization group(s), this optimizer {len(self.reg_groups)}"
+            )
         index = self._inner_index()
-        params_by_index = {i: p for p, i in ((p, index[id(p)]) for g in self.param_groups for p in g["params"])}
+        settings = []
+        for k, (saved, group) in enumerate(zip(saved_groups, self.reg_groups)):
+            here = [index[id(p)] for p in group["params"]]
+            there = list(saved.get("params", []))
+            if here != there:
+                raise ValueError(
+                    f"{name}: regularization group {k} holds parameters {here} here but {there} in the state_dict "
+                    f"(here only: {sorted(set(here) - set(there))}, saved only: {sorted(set(there) - set(here))})"
+                )
+            checked = {**{key: saved.get(key, group[key]) for key in self.group_defaults}, "params": group["params"]}
+            self.validate_group(checked)
+            settings.append({key: checked[key] for key in self.group_defaults})
+        return settings
+
+    def _placed_state(self, saved: dict[Any, dict[str, Any]], state_dict: dict[str, Any]) -> State:
+        """The saved per-parameter tensors (keyed as in ``state``), checked and placed like
+        their parameters."""
+        index = self._inner_index()
+        params_by_index = {index[id(p)]: p for g in self.param_groups for p in g["params"]}
         # Saved keys -> positions in the param groups' order (torch's own rule, which also
         # maps the parameter names that torch.distributed.checkpoint uses as keys).
-        position = {
-            key: n for n, key in enumerate(k for g in state_dict.get("param_groups", []) for k in g["params"])
-        }
-        new_settings = []
-        if saved_groups is not None:
-            if len(saved_groups) != len(self.reg_groups):
-                raise ValueError(
-                    f"{name}: the state_dict has {len(saved_groups)} regularization group(s), "
-                    f"this optimizer {len(self.reg_groups)}"
-                )
-            for k, (saved, group) in enumerate(zip(saved_groups, self.reg_groups)):
-                ours = [index[id(p)] for p in group["params"]]
-                theirs = list(saved.get("params", []))
-                if ours != theirs:
-                    only_ours = sorted(set(ours) - set(theirs))
-                    only_theirs = sorted(set(theirs) - set(ours))
-                    raise ValueError(
-                        f"{name}: regularization group {k} holds parameters {ours} here but "
-                        f"{theirs} in the state_dict (here only: {only_ours}, saved only: {only_theirs})"
-                    )
-                settings = {key: saved.get(key, group[key]) for key in self.group_defaults}
-                checked = {**settings, "params": group["params"]}
-                self.validate_group(checked)
-                new_settings.append({key: checked[key] for key in self.group_defaults})
-
+        position = {key: n for n, key in enumerate(k for g in state_dict.get("param_groups", []) for k in g["params"])}
         regularized = {index[id(p)] for p in self.regularized_params()}
-        inner_state: dict[Any, Any] = {}
-        ours_state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
-        for key, entry in saved_state.items():
-            mine = {k[len(prefix):]: v for k, v in entry.items() if isinstance(k, str) and k.startswith(prefix)}
-            rest = {k: v for k, v in entry.items() if not (isinstance(k, str) and k.startswith(prefix))}
-            if rest:
-                inner_state[key] = rest
-            if not mine:
-                continue
+        placed: State = {}
+        for key, tensors in saved.items():
             i = position.get(key, key)
             if i not in regularized:
                 raise ValueError(
-                    f"{name}: the state_dict holds {name} state for parameter {key!r}, which is not regularized here"
+                    f"{type(self).__name__}: the state_dict holds {type(self).__name__} state for parameter {key!r}, "
+                    "which is not regularized here"
                 )
             param = params_by_index[i]
-            ours_state[param] = self._checked_state(key, param, mine)
-
-        self.optimizer.load_state_dict({**state_dict, "state": inner_state})
-        for group, settings in zip(self.reg_groups, new_settings):
-            group.update(settings)
-        self.import_state(ours_state)
-        for hook in self._optimizer_load_state_dict_post_hooks.values():
-            hook(self)
+            placed[param] = self._checked_state(key, param, tensors)
+        return placed
 
     def _checked_state(self, key: Any, param: torch.Tensor, saved: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Saved state tensors of ``param`` (checked) as new tensors placed like it."""
@@ -421,7 +394,7 @@ class RegularizedOptimizer(Optimizer):
                     f"the parameter {tuple(param.shape)}"
                 )
         self.validate_state(key, saved)
-        return {k: _placed_like(value, param) for k, value in saved.items()}
+        return {k: placed_like(value, param) for k, value in saved.items()}
 
     def _adopt_state_from_inner(self) -> None:
         """Take over this wrapper's tensors found in the inner optimizer's state.
@@ -452,21 +425,6 @@ class RegularizedOptimizer(Optimizer):
                 del inner_state[p][k]
         self.import_state(adopted, replace=False)
 
-    def validate_state(self, index: Any, tensors: dict[str, torch.Tensor]) -> None:
-        """Check the saved state of the parameter with key ``index`` (its position, or its name
-        in a torch.distributed.checkpoint state dict) before loading."""
-
-    def export_state(self) -> dict[torch.Tensor, dict[str, torch.Tensor]]:
-        """The per-parameter state as checkpoints hold it (keys: ``state_names``)."""
-        return self.reg_state
-
-    def import_state(self, state: dict[torch.Tensor, dict[str, torch.Tensor]], replace: bool = True) -> None:
-        """Take checkpoint state (keys: ``state_names``, checked and placed) as this wrapper's:
-        all of it (``replace``), or for the parameters given (state found in the inner optimizer)."""
-        if replace:
-            self.reg_state = {}
-        self.reg_state.update(state)
-
     # ------------------------------------------------------------------ misc
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -489,28 +447,9 @@ class RegularizedOptimizer(Optimizer):
         return "\n".join(lines)
 
 
-def _placed_like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """A new copy of a saved state tensor, in the state dtype of ``param``, on its device, and
-    sharded as it is (a saved whole tensor is split locally, a saved sharded one resharded
-    or gathered: every rank loads, as with any distributed checkpoint)."""
-    dtype = state_dtype(param.dtype)
-    value = value.detach()
-    if is_sharded(param):
-        if is_sharded(value):
-            if value.device_mesh != param.device_mesh or value.placements != param.placements:
-                value = value.redistribute(param.device_mesh, param.placements)
-            return value.to(dtype=dtype, copy=True)
-        whole = value.to(device=local(param).device, dtype=dtype, copy=True)
-        return distribute_tensor(whole, param.device_mesh, param.placements, src_data_rank=None)
-    if is_sharded(value):
-        value = value.full_tensor()
-    # empty_like keeps the parameter's strides (channels_last weights): state and weight
-    # must share a layout for the update to see them element by element.
-    return torch.empty_like(param, dtype=dtype).copy_(value)
-
-
-def _inner_chain(optimizer: Optimizer):
+def _inner_chain(optimizer: Optimizer) -> Iterable[Optimizer]:
     """The optimizer and every optimizer it wraps, outermost first."""
-    while optimizer is not None:
-        yield optimizer
-        optimizer = getattr(optimizer, "optimizer", None) if isinstance(optimizer, RegularizedOptimizer) else None
+    current: Optimizer | None = optimizer
+    while current is not None:
+        yield current
+        current = current.optimizer if isinstance(current, RegularizedOptimizer) else None

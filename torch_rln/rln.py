@@ -86,10 +86,11 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._paths import CompiledKernel, check_flag
+from ._paths import CompiledKernel
 from ._rows import CPU_WAVE, Chunk, Rows, Scratch, rows_of, waves
 from ._sharding import Shards, complete_sums_, local, shards_of
-from ._wrapper import RegularizedOptimizer, check_finite, check_int, state_dtype
+from ._validation import check_finite, check_flag, check_int, check_magnitude, shown, state_dtype
+from ._wrapper import RegularizedOptimizer
 
 __all__ = ["RLNOptimizer", "rln_coefficients", "rln_update"]
 
@@ -582,28 +583,49 @@ class RLNOptimizer(RegularizedOptimizer):
     def validate_group(self, group: dict[str, Any]) -> None:
         norm = group["norm"]
         if isinstance(norm, bool) or norm not in (1, 2):
-            raise ValueError(f"Invalid norm: {norm!r} (expected 1 or 2)")
+            raise ValueError(f"Invalid norm: {shown(norm)} (expected 1 or 2)")
         group["norm"] = check_int("norm", norm, "1 or 2")
         group["avg_reg"] = check_finite("avg_reg", group["avg_reg"])
         reg_lr = check_finite("reg_lr", group["reg_lr"])
         if reg_lr < 0:
-            raise ValueError(f"Invalid reg_lr: {group['reg_lr']!r} (expected >= 0)")
+            raise ValueError(f"Invalid reg_lr: {shown(group['reg_lr'])} (expected >= 0)")
         group["reg_lr"] = reg_lr
-        batch_dims = group["batch_dims"]
-        group["batch_dims"] = batch_dims = check_int("batch_dims", batch_dims, "an int >= 0")
+        group["batch_dims"] = batch_dims = check_int("batch_dims", group["batch_dims"], "an int >= 0")
         if batch_dims < 0:
             raise ValueError(f"Invalid batch_dims: {batch_dims!r} (expected an int >= 0)")
         for p in group.get("params", ()):
-            if isinstance(p, Tensor) and p.ndim <= batch_dims:
-                raise ValueError(
-                    f"Invalid batch_dims: {batch_dims} for a tensor of shape {tuple(p.shape)} "
-                    "(it needs at least one dimension beyond the batch dimensions)"
-                )
+            if isinstance(p, Tensor):
+                self._check_against(p, group)
 
-    def validate_state(self, index: Any, tensors: dict[str, Tensor]) -> None:
+    @staticmethod
+    def _check_against(p: Tensor, group: dict[str, Any]) -> None:
+        """The group's settings against one tensor: its dims, and what its state dtype holds."""
+        batch_dims, shape = group["batch_dims"], tuple(p.shape)
+        if p.ndim == 0:
+            raise ValueError(
+                f"cannot regularize a 0-d tensor (shape (), dtype {p.dtype}) with RLN: the mean projection "
+                "would pin its one coefficient at avg_reg"
+            )
+        if p.ndim <= batch_dims:
+            raise ValueError(
+                f"Invalid batch_dims: {batch_dims} for a tensor of shape {shape} "
+                "(it needs at least one dimension beyond the batch dimensions)"
+            )
+        if not p.is_floating_point():
+            return  # refused by the parameter checks, with their own message
+        sdt = state_dtype(p.dtype)
+        n = p.numel() // max(math.prod(p.shape[:batch_dims]), 1)
+        check_magnitude("avg_reg", group["avg_reg"], fold_bound(sdt, n) / 2,
+                        f"the coefficients of a tensor of shape {shape} are kept in {sdt}, and their sum over "
+                        f"{n} elements must stay finite")
+        check_magnitude("reg_lr", group["reg_lr"], torch.finfo(sdt).max,
+                        f"the coefficients of a tensor of shape {shape} are kept in {sdt}")
+
+    def validate_state(self, key: Any, tensors: dict[str, Tensor]) -> None:
         missing = set(self.state_names) - set(tensors)
         if missing:
-            raise ValueError(f"RLNOptimizer: the state of parameter {index} lacks {sorted(missing)}")
+            raise ValueError(f"RLNOptimizer: the state of parameter {key!r} lacks {sorted(missing)}")
+        super().validate_state(key, tensors)
 
     # ------------------------------------------------------------------ state in checkpoints
     def export_state(self) -> dict[Tensor, dict[str, Tensor]]:

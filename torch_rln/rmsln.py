@@ -40,6 +40,7 @@ There is no persistent state: everything is recomputed from the weights at each 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -48,9 +49,10 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
-from ._paths import CompiledKernel, check_flag
+from ._paths import CompiledKernel
 from ._sharding import Shards, complete_sums_, grad_placed_like_, is_sharded, local, shards_of
-from ._wrapper import RegularizedOptimizer, check_finite, state_dtype
+from ._validation import check_finite, check_flag, check_magnitude, state_dtype
+from ._wrapper import RegularizedOptimizer
 
 __all__ = ["RMSLNWrapper", "rms_penalty", "rms_penalty_grad", "rmsln_update"]
 
@@ -438,6 +440,13 @@ class RMSLNWrapper(RegularizedOptimizer):
 
     def validate_group(self, group: dict[str, Any]) -> None:
         group["reg_lambda"], group["target"] = _check_settings(group["reg_lambda"], group["target"])
+        for p in group.get("params", ()):
+            if isinstance(p, Tensor) and p.is_floating_point():
+                sdt = state_dtype(p.dtype)
+                limit = math.sqrt(torch.finfo(sdt).max)
+                why = f"the penalty of a tensor of shape {tuple(p.shape)} is computed in {sdt}"
+                check_magnitude("reg_lambda", group["reg_lambda"], limit, why)
+                check_magnitude("target", group["target"], limit, why)
 
     def validate_state(self, index: Any, tensors: dict[str, Tensor]) -> None:
         raise ValueError(
@@ -455,7 +464,8 @@ class RMSLNWrapper(RegularizedOptimizer):
                 )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        if self.decoupled and self._regularize_new_groups and "lr" not in param_group and "lr" not in self.defaults:
+        regularized = self._regularize_new_groups or any(k in param_group for k in self.group_defaults)
+        if self.decoupled and regularized and "lr" not in param_group and "lr" not in self.defaults:
             raise ValueError(
                 "RMSLNWrapper(decoupled=True) scales its update by the inner learning rate, "
                 f"but the new param group has no 'lr' (its keys: {sorted(param_group)})"
@@ -470,47 +480,68 @@ class RMSLNWrapper(RegularizedOptimizer):
             total = total + rms_penalty(group["params"], group["reg_lambda"], group["target"])
         return total
 
-    def _apply(self, want_penalty: bool = False) -> Tensor | None:
-        """Add ``dR/dW`` to the grads (coupled) or ``-lr dR/dW`` to the weights (decoupled).
+    def _regularize(self, want_penalty: bool = False) -> Tensor | None:
+        """Add ``dR/dW`` to the grads (coupled) or ``-lr dR/dW`` to the weights (decoupled),
+        for the regularized parameters that have a ``.grad``; with ``want_penalty``, return
+        :math:`R(W)` over every regularized tensor (from the same norms)."""
+        params, reg_lambdas, targets = self._stepped()
+        rms: list[Tensor] = []
+        if params:
+            alphas = self._negative_lrs(params) if self.decoupled else None
+            rms = self._add_gradients(params, reg_lambdas, targets, alphas)
+        if not want_penalty:
+            return None
+        return self._penalty_from({id(p): r for p, r in zip(params, rms)})
 
-        Runs on the regularized parameters that have a ``.grad``; with ``want_penalty``,
-        returns :math:`R(W)` over every regularized tensor (from the same norms).
-        """
-        params, lams, tgts = [], [], []
+    def _stepped(self) -> tuple[list[Tensor], list[float], list[float]]:
+        """The regularized, non-empty parameters with a ``.grad``, and their groups' settings.
+        Coupled, a sparse gradient is refused here, before anything changes."""
+        params, reg_lambdas, targets = [], [], []
         for group in self.reg_groups:
             for p in group["params"]:
                 if p.grad is not None and p.numel() > 0:
                     params.append(p)
-                    lams.append(float(group["reg_lambda"]))
-                    tgts.append(float(group["target"]))
-        alphas = None
-        if self.decoupled and params:
-            wanted = {id(p) for p in params}
-            neg_lr_of: dict[int, Alpha] = {}
-            for k, group in enumerate(self.param_groups):
-                held = [p for p in group["params"] if id(p) in wanted and id(p) not in neg_lr_of]
-                if not held:
-                    continue
-                if "lr" not in group:
-                    self._check_lr([group], wanted)
-                neg_lr = -group["lr"]  # a float, or a new tensor (once per group)
-                for p in held:
-                    neg_lr_of[id(p)] = neg_lr
-            alphas = [neg_lr_of[id(p)] for p in params]
-        rms: list[Tensor] = []
-        if params:
-            outs = params if self.decoupled else [grad_placed_like_(p) for p in params]
-            shards = [shards_of(p) for p in params]
-            if any(s is not None for s in shards):
-                # Sharded weights: local shards, whole norms (all-reduced), never compiled.
-                update = _multi_tensor_rmsln if self.foreach else _single_tensor_rmsln
-                rms = update([local(p) for p in params], [local(o) for o in outs],
-                             reg_lambdas=lams, targets=tgts, alphas=alphas, shards=shards)
-            else:
-                rms = self._update()(params, outs, reg_lambdas=lams, targets=tgts, alphas=alphas)
-        if not want_penalty:
-            return None
-        rms_of = {id(p): r for p, r in zip(params, rms)}
+                    reg_lambdas.append(float(group["reg_lambda"]))
+                    targets.append(float(group["target"]))
+        if not self.decoupled:
+            for p in params:
+                if p.grad is not None and (p.grad.is_sparse or p.grad.layout != torch.strided):
+                    raise ValueError(
+                        f"RMSLNWrapper (coupled) cannot add the penalty's dense gradient to the sparse gradient of a "
+                        f"tensor of shape {tuple(p.shape)} (an nn.Embedding(sparse=True)?): regularize it with "
+                        "decoupled=True, or leave it out of params"
+                    )
+        return params, reg_lambdas, targets
+
+    def _negative_lrs(self, params: list[Tensor]) -> list[Alpha]:
+        """``-lr`` of the inner param group of each parameter (a float, or a new tensor)."""
+        wanted = {id(p) for p in params}
+        neg_lr_of: dict[int, Alpha] = {}
+        for group in self.param_groups:
+            held = [p for p in group["params"] if id(p) in wanted and id(p) not in neg_lr_of]
+            if not held:
+                continue
+            if "lr" not in group:
+                self._check_lr([group], wanted)
+            neg_lr = -group["lr"]
+            for p in held:
+                neg_lr_of[id(p)] = neg_lr
+        return [neg_lr_of[id(p)] for p in params]
+
+    def _add_gradients(self, params: list[Tensor], reg_lambdas: list[float], targets: list[float],
+                       alphas: list[Alpha] | None) -> list[Tensor]:
+        """Run the update on the gradients (coupled) or the weights (decoupled); the rms of each."""
+        outs = params if self.decoupled else [grad_placed_like_(p) for p in params]
+        shards = [shards_of(p) for p in params]
+        if any(s is not None for s in shards):
+            # Sharded weights: local shards, whole norms (all-reduced), never compiled.
+            update = _multi_tensor_rmsln if self.foreach is not False else _single_tensor_rmsln
+            return update([local(p) for p in params], [local(o) for o in outs],
+                          reg_lambdas=reg_lambdas, targets=targets, alphas=alphas, shards=shards)
+        return self._update()(params, outs, reg_lambdas=reg_lambdas, targets=targets, alphas=alphas)
+
+    def _penalty_from(self, rms_of: dict[int, Tensor]) -> Tensor:
+        """:math:`R(W)` from the rms already computed (by id), computing the missing ones."""
         total = None
         for group in self.reg_groups:
             group_rms = []
@@ -518,7 +549,7 @@ class RMSLNWrapper(RegularizedOptimizer):
                 if p.numel() == 0:
                     continue
                 r = rms_of.get(id(p))
-                group_rms.append(_rms(p) if r is None else r)  # None: no grad, not computed above
+                group_rms.append(_rms(p) if r is None else r)  # None: no grad, not computed
             term = _penalty_from_rms(group_rms, float(group["reg_lambda"]), float(group["target"]))
             if term is not None:
                 total = term if total is None else total + term
@@ -533,11 +564,11 @@ class RMSLNWrapper(RegularizedOptimizer):
     def before_inner_step(self, has_closure: bool) -> None:
         # With a closure the gradients are yet to come: wrap_closure adds the penalty's.
         if not self.decoupled and not has_closure:
-            self._apply()
+            self._regularize()
 
     def after_inner_step(self, context: Any) -> None:
         if self.decoupled:
-            self._apply()
+            self._regularize()
 
     def wrap_closure(self, closure: Callable[[], Any]) -> Callable[[], Any]:
         if self.decoupled:
@@ -546,8 +577,19 @@ class RMSLNWrapper(RegularizedOptimizer):
         def regularized_closure() -> Any:
             loss = closure()
             with torch.no_grad():
-                penalty = self._apply(want_penalty=True)
-            return None if loss is None else loss + penalty
+                penalty = self._regularize(want_penalty=True)
+            return _with_penalty(loss, penalty)
 
         return regularized_closure
+
+
+def _with_penalty(loss: Any, penalty: Tensor) -> Any:
+    """What the wrapped closure returns: ``loss + R(W)`` when the user's closure returns a
+    loss (a tensor stays a tensor; a Python or NumPy number becomes a float, which reads
+    the penalty from the device); any other value (None, a tuple, a dict) as it is."""
+    if isinstance(loss, Tensor):
+        return loss + penalty
+    if isinstance(loss, numbers.Real) and not isinstance(loss, bool):
+        return float(loss) + float(penalty)
+    return loss
 

@@ -1,0 +1,113 @@
+"""Regularization groups: which of the inner optimizer's parameters a wrapper regularizes,
+and with which settings.
+
+A regularization group is a dict like a torch param group: ``{"params": [tensors],
+<setting>: <value>, ...}`` with the wrapper's settings (``group_defaults``). Groups are
+built from the ``params`` argument of a wrapper (tensors, ``(name, tensor)`` pairs or
+dicts), or, with ``params=None``, from every parameter of the inner optimizer that can be
+regularized and has ``ndim >= 2``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from ._validation import regularizable
+
+__all__ = ["build_groups", "check_params", "default_choice", "tensors_of"]
+
+Validate = Callable[[dict[str, Any]], None]
+
+
+def tensors_of(params: Any) -> list[Any]:
+    """The tensors of a param group's ``params``: a tensor, tensors, or (name, tensor) pairs."""
+    if isinstance(params, torch.Tensor):
+        return [params]
+    return [p[1] if isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) else p for p in params]
+
+
+def default_choice(tensors: Iterable[Any]) -> list[torch.Tensor]:
+    """What ``params=None`` regularizes among ``tensors``: each tensor with ``ndim >= 2``
+    that can be regularized (complex, integer and sparse ones are skipped), once."""
+    chosen: list[torch.Tensor] = []
+    seen: set[int] = set()
+    for p in tensors:
+        if isinstance(p, torch.Tensor) and p.ndim >= 2 and regularizable(p) is None and id(p) not in seen:
+            seen.add(id(p))
+            chosen.append(p)
+    return chosen
+
+
+def build_groups(
+    optimizer: Optimizer, params: Any, defaults: dict[str, Any], validate: Validate
+) -> list[dict[str, Any]]:
+    """The regularization groups for a wrapper's ``params`` argument, validated and checked
+    against ``optimizer``'s parameters (see :func:`check_params`)."""
+    if params is None:
+        chosen = default_choice(p for g in optimizer.param_groups for p in g["params"])
+        groups = [{"params": chosen, **defaults}] if chosen else []
+    else:
+        groups = [_group_from(item, defaults) for item in _items(params)]
+    for group in groups:
+        validate(group)
+    check_params(groups, optimizer, already=set())
+    return groups
+
+
+def _items(params: Any) -> list[dict[str, Any]]:
+    """``params`` as a list of group dicts (a list of tensors is one group)."""
+    if isinstance(params, torch.Tensor):
+        raise TypeError(
+            "params should be an iterable of Tensors or dicts, but got a single "
+            f"{torch.typename(params)}: wrap it in a list"
+        )
+    items = list(params)
+    if not items:
+        raise ValueError("params is empty: give the tensors to regularize, or None for every matrix")
+    if all(isinstance(x, dict) for x in items):
+        return items
+    if any(isinstance(x, dict) for x in items):
+        raise TypeError("params mixes tensors and dicts: give one or the other")
+    return [{"params": items}]
+
+
+def _group_from(item: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    group = dict(item)
+    if "params" not in group:
+        raise ValueError(f"a regularization group has no 'params' key: {sorted(group)}")
+    group["params"] = tensors_of(group["params"])
+    unknown = set(group) - set(defaults) - {"params"}
+    if unknown:
+        raise ValueError(f"unknown setting(s) {sorted(unknown)} in a regularization group (known: {sorted(defaults)})")
+    for key, value in defaults.items():
+        group.setdefault(key, value)
+    return group
+
+
+def check_params(
+    groups: list[dict[str, Any]], optimizer: Optimizer, already: set[int], adding: Iterable[torch.Tensor] = ()
+) -> None:
+    """Check the tensors to regularize: tensors that can be regularized, held by ``optimizer``
+    (or among ``adding``, about to join it), and not regularized yet (ids in ``already``)."""
+    held = [p for g in optimizer.param_groups for p in g["params"]]
+    inner_index: dict[int, int] = {}
+    for p in [*held, *adding]:
+        inner_index.setdefault(id(p), len(inner_index))
+    seen = set(already)
+    for group in groups:
+        for p in group["params"]:
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"regularized params must be tensors, got {torch.typename(p)}")
+            problem = regularizable(p)
+            if problem is not None:
+                raise ValueError(problem)
+            desc = f"shape {tuple(p.shape)}, dtype {p.dtype}"
+            if id(p) not in inner_index:
+                raise ValueError(f"a regularized tensor ({desc}) is not a parameter of the inner optimizer")
+            if id(p) in seen:
+                raise ValueError(f"parameter {inner_index[id(p)]} of the inner optimizer ({desc}) is regularized twice")
+            seen.add(id(p))
