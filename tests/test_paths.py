@@ -62,10 +62,10 @@ def test_compile_none_runs_the_compiled_kernel_where_it_works():
         pytest.skip("torch.compile does not work on this machine")
     w = torch.nn.Parameter(torch.randn(4, 5))
     opt = RLNOptimizer(torch.optim.SGD([w], lr=0.1))
-    assert opt._path(w.device, w.dtype, sharded=False) is rln_module._compiled_rln
-    assert opt._path(w.device, w.dtype, sharded=True) is rln_module._multi_tensor_rln
+    assert opt.implementation(w.device, w.dtype, sharded=False) is rln_module._compiled_rln
+    assert opt.implementation(w.device, w.dtype, sharded=True) is rln_module._multi_tensor_rln
     eager = RLNOptimizer(torch.optim.SGD([w], lr=0.1), compile=False, foreach=False)
-    assert eager._path(w.device, w.dtype, sharded=False) is rln_module._single_tensor_rln
+    assert eager.implementation(w.device, w.dtype, sharded=False) is rln_module._single_tensor_rln
 
 
 def test_without_a_cxx_compiler_training_runs_eagerly_after_one_warning(tmp_path):

@@ -660,7 +660,7 @@ def test_compiled_update_matches_eager():
         model = make_model()
         opt = RMSLNWrapper(torch.optim.SGD(model.parameters(), lr=0.1), reg_lambda=LAM, compile=compile)
         train_wrapped(model, opt, make_batches(), 2)
-        assert (opt._update() is _compiled_rmsln) == compile
+        assert (opt.implementation(torch.device("cpu"), torch.float32, False) is _compiled_rmsln) == compile
         results.append(snapshot(model))
     for p, q in zip(*results):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)

@@ -14,9 +14,9 @@ __version__ = "0.1.0"
 __all__ = [
     "RLNOptimizer",
     "RMSLNWrapper",
+    "__version__",
     "rln_update",
     "rms_penalty",
     "rms_penalty_grad",
     "rmsln_update",
-    "__version__",
 ]

@@ -16,8 +16,10 @@ import torch
 
 from . import RLNOptimizer, __version__
 
+Split = tuple[torch.Tensor, torch.Tensor]
 
-def make_data(n_train: int, n_test: int, informative: int, noise: int, seed: int):
+
+def make_data(n_train: int, n_test: int, informative: int, noise: int, seed: int) -> tuple[Split, Split]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n_train + n_test, informative + noise, generator=g)
     coef = torch.randn(informative, generator=g)
@@ -26,13 +28,14 @@ def make_data(n_train: int, n_test: int, informative: int, noise: int, seed: int
     return (x[:n_train], y[:n_train, None]), (x[n_train:], y[n_train:, None])
 
 
-def train(data, use_rln: bool, args) -> tuple[float, float, float]:
+def train(data: tuple[Split, Split], use_rln: bool, args: argparse.Namespace) -> tuple[float, float, float]:
     (x, y), (x_test, y_test) = data
     torch.manual_seed(args.seed)
-    model = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    first = torch.nn.Linear(x.shape[1], 32)
+    model = torch.nn.Sequential(first, torch.nn.ReLU(), torch.nn.Linear(32, 1))
     opt: torch.optim.Optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
     if use_rln:
-        opt = RLNOptimizer(opt, params=[model[0].weight], norm=1, avg_reg=args.avg_reg, reg_lr=args.reg_lr)
+        opt = RLNOptimizer(opt, params=[first.weight], norm=1, avg_reg=args.avg_reg, reg_lr=args.reg_lr)
     g = torch.Generator().manual_seed(args.seed)
     for _ in range(args.epochs):
         for idx in torch.randperm(len(x), generator=g).split(args.batch_size):
@@ -41,9 +44,9 @@ def train(data, use_rln: bool, args) -> tuple[float, float, float]:
             opt.step()
     with torch.no_grad():
         mse = torch.nn.functional.mse_loss(model(x_test), y_test).item()
-        mass = model[0].weight.abs().sum(0)
+        mass = first.weight.abs().sum(0)
         informative_share = (mass[: args.informative].sum() / mass.sum()).item()
-        zeros = (model[0].weight == 0).float().mean().item()
+        zeros = first.weight.eq(0).float().mean().item()
     return mse, informative_share, zeros
 
 
@@ -70,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         mse, share, zeros = train(data, use_rln, args)
         print(f"{label:<34}{mse:>10.3f}{share:>20.1%}{zeros:>14.1%}{time.perf_counter() - start:>9.1f}")
-    print(f"(informative share: first-layer |weight| mass on the informative features; uniform would be "
-          f"{args.informative / (args.informative + args.noise):.1%})")
+    print(
+        f"(informative share: first-layer |weight| mass on the informative features; uniform would be "
+        f"{args.informative / (args.informative + args.noise):.1%})"
+    )
     return 0
 
 

@@ -29,7 +29,7 @@ def split_state(saved_state: dict[Any, Any], prefix: str) -> tuple[dict[Any, Any
     inner: dict[Any, Any] = {}
     ours: dict[Any, dict[str, Any]] = {}
     for key, entry in saved_state.items():
-        mine = {k[len(prefix):]: v for k, v in entry.items() if isinstance(k, str) and k.startswith(prefix)}
+        mine = {k[len(prefix) :]: v for k, v in entry.items() if isinstance(k, str) and k.startswith(prefix)}
         rest = {k: v for k, v in entry.items() if not (isinstance(k, str) and k.startswith(prefix))}
         if rest:
             inner[key] = rest

@@ -1,13 +1,14 @@
 """Which implementation of a regularizer's update runs: per-tensor, foreach, or compiled.
 
-Both wrappers make this choice the same way, here:
+Both wrappers make this choice the same way, here (:func:`choose`), per device and dtype:
 
 * ``compile=None`` (the default) runs the fused, compiled kernel wherever
-  ``torch.compile`` works for the device and dtypes at hand. That is probed once per
-  process and (kernel, device type, dtypes) by compiling and running the kernel on a
-  two-element tensor; where it fails (no C++ compiler on CPU, no Triton on CUDA, a dtype
-  the compiler does not take), one warning says why and the eager path runs instead.
-  ``compile=True`` insists (a failure raises); ``compile=False`` never compiles.
+  ``torch.compile`` works for the device and dtypes at hand, if the regularizer compiles
+  by default (RLN does; RMSLN's eager path is already its floor). Where it works is probed
+  once per process and (kernel, device type, dtypes) by compiling and running the kernel
+  on a two-element tensor; where it fails (no C++ compiler on CPU, no Triton on CUDA, a
+  dtype the compiler does not take), one warning says why and the eager path runs
+  instead. ``compile=True`` insists (a failure raises); ``compile=False`` never compiles.
 * ``foreach=None`` or ``True`` runs the eager path with foreach ops; ``foreach=False`` the
   per-tensor one. Both give the same results.
 * Sharded tensors (``DTensor``), tensors with fewer than two elements per copy (Dynamo
@@ -20,11 +21,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-__all__ = ["CompiledKernel"]
+__all__ = ["CompiledKernel", "UpdatePaths", "choose"]
 
 
 class CompiledKernel:
@@ -62,11 +64,11 @@ class CompiledKernel:
             try:
                 self(*make_args())
                 self._failures[key] = None
-            except Exception as error:  # noqa: BLE001 - any failure to compile means: run eagerly
-                self._failures[key] = error
+            except Exception as failure:  # noqa: BLE001 - any failure to compile means: run eagerly
+                self._failures[key] = failure
                 if not insist:
                     warnings.warn(
-                        f"torch-rln: torch.compile does not work here for {key} ({_describe(error)}); "
+                        f"torch-rln: torch.compile does not work here for {key} ({_describe(failure)}); "
                         f"the {self.name} update runs eagerly (the same math, slower). "
                         "Pass compile=False to choose the eager path and silence this warning.",
                         RuntimeWarning,
@@ -84,3 +86,32 @@ class CompiledKernel:
 def _describe(error: Exception) -> str:
     first_line = next((line for line in str(error).splitlines() if line.strip()), "")
     return f"{type(error).__name__}: {first_line[:200]}"
+
+
+@dataclass(frozen=True)
+class UpdatePaths:
+    """A regularizer's three implementations of one update, which take the same arguments,
+    and whether it compiles by default (``compile=None``)."""
+
+    single: Callable[..., Any]
+    multi: Callable[..., Any]
+    compiled: Callable[..., Any]
+    kernel_works: Callable[[torch.device, torch.dtype, bool], bool]
+    compile_by_default: bool
+
+
+def choose(
+    paths: UpdatePaths,
+    *,
+    foreach: bool | None,
+    compile: bool | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    sharded: bool,
+) -> Callable[..., Any]:
+    """The implementation for tensors of one device and dtype (see the module docstring).
+    Sharded tensors never take the compiled kernel: their sums need an all-reduce."""
+    wanted = compile is True or (compile is None and paths.compile_by_default)
+    if wanted and not sharded and paths.kernel_works(device, dtype, compile is True):
+        return paths.compiled
+    return paths.single if foreach is False else paths.multi

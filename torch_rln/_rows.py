@@ -28,7 +28,7 @@ CPU_WAVE = 1 << 16
 
 def _dense_in_memory_order(t: Tensor, batch_dims: int) -> bool:
     """Whether ``t`` fills one block of memory without gaps, with its batch dims outermost."""
-    dims = sorted((stride, size) for stride, size in zip(t.stride(), t.shape) if size != 1)
+    dims = sorted((stride, size) for stride, size in zip(t.stride(), t.shape, strict=True) if size != 1)
     expected = 1
     for stride, size in dims:
         if stride != expected:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import torch
 import torch.distributed as dist
@@ -25,15 +25,18 @@ from torch import Tensor
 
 __all__ = ["Shards", "complete_sums_", "distribute_tensor", "grad_placed_like_", "is_sharded", "local", "shards_of"]
 
-if dist.is_available():
-    from torch.distributed.tensor import DTensor, distribute_tensor
+if TYPE_CHECKING or dist.is_available():
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    _DTENSOR: type | None = DTensor
 else:  # pragma: no cover - builds without torch.distributed
-    DTensor = distribute_tensor = None
+    _DTENSOR = None
+    distribute_tensor = None
 
 
-def is_sharded(tensor: Any) -> bool:
+def is_sharded(tensor: object) -> TypeGuard[DTensor]:
     """Whether ``tensor`` is a ``DTensor`` (a parameter split or replicated across ranks)."""
-    return DTensor is not None and isinstance(tensor, DTensor)
+    return _DTENSOR is not None and isinstance(tensor, _DTENSOR)
 
 
 def local(tensor: Tensor) -> Tensor:
@@ -48,6 +51,7 @@ def grad_placed_like_(param: Tensor) -> Tensor:
     reduce) on a replicated weight, whose local values are not its elements. A no-op for
     plain tensors and for FSDP2, whose gradients are sharded like their parameters."""
     grad = param.grad
+    assert grad is not None, "called for a parameter with a gradient"
     if is_sharded(grad) and is_sharded(param) and grad.placements != param.placements:
         param.grad = grad = grad.redistribute(param.device_mesh, param.placements)
     return grad
@@ -83,7 +87,7 @@ def shards_of(tensor: Tensor, batch_dims: int = 0) -> Shards | None:
                 f"cannot regularize a DTensor with a Partial placement ({tensor.placements}, "
                 f"shape {tuple(tensor.shape)}): its local values are not its elements"
             )
-        if placement.is_shard() and placement.dim >= batch_dims:
+        if isinstance(placement, Shard) and placement.dim >= batch_dims:
             groups.append(tensor.device_mesh.get_group(mesh_dim))
     copies = math.prod(tensor.shape[:batch_dims])
     return Shards(tuple(groups), tensor.numel() // copies if copies else 0)
@@ -97,7 +101,7 @@ def complete_sums_(sums: list[Tensor], shards: list[Shards | None]) -> None:
     already whole. One all-reduce per (process groups, dtype, device).
     """
     buckets: dict[tuple[Any, ...], list[Tensor]] = {}
-    for partial, where in zip(sums, shards):
+    for partial, where in zip(sums, shards, strict=True):
         if where is not None and where.groups:
             buckets.setdefault((where.groups, partial.dtype, partial.device), []).append(partial)
     for (groups, _, _), members in buckets.items():

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["check_finite", "check_flag", "check_int", "check_magnitude", "regularizable", "state_dtype", "shown"]
+__all__ = ["check_finite", "check_flag", "check_int", "check_magnitude", "regularizable", "shown", "state_dtype"]
 
 
 def shown(value: Any, limit: int = 60) -> str:

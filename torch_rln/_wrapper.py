@@ -35,7 +35,8 @@ from torch.optim import Optimizer
 
 from ._checkpoint import all_finite, is_by_name, placed_like, split_state
 from ._groups import build_groups, check_params, default_choice, tensors_of
-from ._validation import regularizable
+from ._paths import UpdatePaths, choose
+from ._validation import check_flag
 
 __all__ = ["RegularizedOptimizer"]
 
@@ -70,6 +71,9 @@ class RegularizedOptimizer(Optimizer):
       and the name of the top-level key that holds its groups (``<state_key>_groups``);
     * ``state_names``: the names of its per-parameter tensors in checkpoints (none for a
       stateless wrapper);
+    * ``paths``: its per-tensor, foreach and compiled update functions
+      (:class:`torch_rln._paths.UpdatePaths`), chosen per device and dtype by
+      ``implementation()``;
 
     and override:
 
@@ -90,6 +94,7 @@ class RegularizedOptimizer(Optimizer):
     group_defaults: ClassVar[dict[str, Any]] = {}
     state_key: ClassVar[str] = "reg"
     state_names: ClassVar[tuple[str, ...]] = ()
+    paths: ClassVar[UpdatePaths]
     wrappers_by_key: ClassVar[dict[str, type[RegularizedOptimizer]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -97,7 +102,16 @@ class RegularizedOptimizer(Optimizer):
         if "state_key" in cls.__dict__:
             RegularizedOptimizer.wrappers_by_key[cls.state_key] = cls
 
-    def __init__(self, optimizer: Optimizer, params: Any, defaults: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        params: Any,
+        defaults: dict[str, Any],
+        foreach: bool | None = None,
+        compile: bool | None = None,
+    ) -> None:
+        check_flag("foreach", foreach)
+        check_flag("compile", compile)
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
                 f"{type(self).__name__} wraps a torch.optim.Optimizer, "
@@ -115,6 +129,8 @@ class RegularizedOptimizer(Optimizer):
 
         # Everything is validated: from here on nothing can fail.
         self.optimizer = optimizer
+        self.foreach = foreach
+        self.compile = compile
         self.reg_defaults = reg_defaults
         self.reg_groups: list[dict[str, Any]] = reg_groups
         self.reg_state: State = {}
@@ -167,7 +183,7 @@ class RegularizedOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ delegation
     @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+    def param_groups(self) -> list[dict[str, Any]]:
         return self.optimizer.param_groups
 
     @param_groups.setter
@@ -175,7 +191,7 @@ class RegularizedOptimizer(Optimizer):
         self.optimizer.param_groups = value
 
     @property
-    def state(self) -> Any:  # type: ignore[override]
+    def state(self) -> Any:
         return self.optimizer.state
 
     @state.setter
@@ -183,7 +199,7 @@ class RegularizedOptimizer(Optimizer):
         self.optimizer.state = value
 
     @property
-    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
+    def defaults(self) -> dict[str, Any]:
         return self.optimizer.defaults
 
     @defaults.setter
@@ -219,7 +235,7 @@ class RegularizedOptimizer(Optimizer):
         if new_group is not None:
             self.reg_groups.append(new_group)
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Run the regularization pass around one step of the inner optimizer."""
         self._adopt_state_from_inner()
         with torch.no_grad():
@@ -229,6 +245,12 @@ class RegularizedOptimizer(Optimizer):
         with torch.no_grad():
             self.after_inner_step(context)
         return loss
+
+    def implementation(self, device: torch.device, dtype: torch.dtype, sharded: bool) -> Callable[..., Any]:
+        """The update function for tensors of one device and dtype (``_paths.choose``)."""
+        return choose(
+            self.paths, foreach=self.foreach, compile=self.compile, device=device, dtype=dtype, sharded=sharded
+        )
 
     # ------------------------------------------------------------------ parameters
     def regularized_params(self) -> list[torch.Tensor]:
@@ -305,8 +327,8 @@ class RegularizedOptimizer(Optimizer):
         inner_state, ours = split_state(state_dict.get("state", {}), f"{self.state_key}_")
         placed = self._placed_state(ours, state_dict)
         self.optimizer.load_state_dict({**state_dict, "state": inner_state})
-        for group, values in zip(self.reg_groups, settings):
-            group.update(values)
+        for group, values in zip(self.reg_groups, settings, strict=saved_groups is not None):
+            group.update(values)  # no saved settings in torch.distributed.checkpoint's layout
         self.import_state(placed)
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
@@ -346,11 +368,12 @@ class RegularizedOptimizer(Optimizer):
         name = type(self).__name__
         if len(saved_groups) != len(self.reg_groups):
             raise ValueError(
-                f"{name}: the state_dict has {len(saved_groups)} regularization group(s), this optimizer {len(self.reg_groups)}"
+                f"{name}: the state_dict has {len(saved_groups)} regularization group(s), "
+                f"this optimizer {len(self.reg_groups)}"
             )
         index = self._inner_index()
         settings = []
-        for k, (saved, group) in enumerate(zip(saved_groups, self.reg_groups)):
+        for k, (saved, group) in enumerate(zip(saved_groups, self.reg_groups, strict=True)):
             here = [index[id(p)] for p in group["params"]]
             there = list(saved.get("params", []))
             if here != there:
@@ -418,8 +441,10 @@ class RegularizedOptimizer(Optimizer):
         if not found:
             return
         index = self._inner_index()
-        adopted = {p: self._checked_state(index[id(p)], p, {k[len(prefix):]: v for k, v in saved.items()})
-                   for p, saved in found.items()}
+        adopted = {
+            p: self._checked_state(index[id(p)], p, {k[len(prefix) :]: v for k, v in saved.items()})
+            for p, saved in found.items()
+        }
         for p, saved in found.items():
             for k in saved:
                 del inner_state[p][k]

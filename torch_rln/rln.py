@@ -77,16 +77,17 @@ arithmetic masks: where and comparisons cost ten multiplies on a CPU) and ``_com
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._paths import CompiledKernel
+from ._paths import CompiledKernel, UpdatePaths
 from ._rows import CPU_WAVE, Chunk, Rows, Scratch, rows_of, waves
 from ._sharding import Shards, complete_sums_, local, shards_of
 from ._validation import check_finite, check_flag, check_int, check_magnitude, shown, state_dtype
@@ -151,7 +152,7 @@ def _gradient_terms_and_sums(
     Returns, per row, the sum of the coefficients over the finite weights and their count
     (float64).
     """
-    row_bounds = [b for b, n in zip(bounds, rows.copies) for _ in range(n)]
+    row_bounds = [b for b, n in zip(bounds, rows.copies, strict=True) for _ in range(n)]
     totals: list[list[Tensor]] = [[] for _ in row_bounds]
     counts: list[list[Tensor]] = [[] for _ in row_bounds]
     for wave in waves(rows, limit):
@@ -160,7 +161,7 @@ def _gradient_terms_and_sums(
         _copy_finite_(clean, weights)
         _finite_indicator_(finite, weights)
         torch._foreach_addcmul_(accs, clean, shrinks, value=-reg_lr)
-        for chunk, acc, ok in zip(wave, accs, finite):
+        for chunk, acc, ok in zip(wave, accs, finite, strict=True):
             acc.clamp_(-row_bounds[chunk.row], row_bounds[chunk.row])
             totals[chunk.row].append(torch.dot(acc, ok))
             counts[chunk.row].append(ok.sum())
@@ -188,20 +189,30 @@ def _shifts(
         offsets = [0]
         for n in rows.copies:
             offsets.append(offsets[-1] + n)
-        parts = [torch.stack([total[a:b], count[a:b]]) for a, b in zip(offsets[:-1], offsets[1:])]
-        complete_sums_([p for p, s in zip(parts, shards) if s is not None], [s for s in shards if s is not None])
+        parts = [torch.stack([total[a:b], count[a:b]]) for a, b in itertools.pairwise(offsets)]
+        complete_sums_(
+            [p for p, s in zip(parts, shards, strict=True) if s is not None], [s for s in shards if s is not None]
+        )
         total = torch.cat([p[0] for p in parts])
         count = torch.cat([p[1] for p in parts])
     return total / count.clamp(min=1.0) - avg_reg
 
 
-def _prepare(params: list[Tensor], accs: list[Tensor], r_prevs: list[Tensor], batch_dims: int,
-             reg_lr: float, avg_reg: float, project: bool, shards: Sequence[Shards | None] | None,
-             scratch: Scratch) -> tuple[Rows, Tensor, int | None]:
+def _prepare(
+    params: list[Tensor],
+    accs: list[Tensor],
+    r_prevs: list[Tensor],
+    batch_dims: int,
+    reg_lr: float,
+    avg_reg: float,
+    project: bool,
+    shards: Sequence[Shards | None] | None,
+    scratch: Scratch,
+) -> tuple[Rows, Tensor, int | None]:
     """Rows of the tensors, sweep 1, and each row's shift ``mean - Theta`` (state dtype)."""
     rows = rows_of([params, accs, r_prevs], batch_dims)
     sdt = accs[0].dtype
-    bounds = [fold_bound(sdt, p.numel() // max(c, 1)) for p, c in zip(params, rows.copies)]
+    bounds = [fold_bound(sdt, p.numel() // max(c, 1)) for p, c in zip(params, rows.copies, strict=True)]
     limit = _wave_limit(params[0].device)
     total, count = _gradient_terms_and_sums(rows, reg_lr, bounds, scratch, limit)
     return rows, _shifts(rows, total, count, avg_reg, project, shards).to(sdt), limit
@@ -231,8 +242,9 @@ def _single_tensor_rln(
     """
     if not params:
         return
-    rows, shifts, _ = _prepare(params, accs, r_prevs, batch_dims, reg_lr, avg_reg, project, shards,
-                               scratch or Scratch(3))
+    rows, shifts, _ = _prepare(
+        params, accs, r_prevs, batch_dims, reg_lr, avg_reg, project, shards, scratch or Scratch(3)
+    )
     sdt = accs[0].dtype
     top, limit = max_exponent(sdt), fold_limit(sdt)
     k = 0
@@ -291,7 +303,7 @@ def _multi_tensor_rln(
         _copy_finite_(clean, weights)
         torch._foreach_addcmul_(lams, shrinks, [shifts[c.row] for c in wave], value=-1.0)  # the projection
         _cap_(cap, clean, norm, sdt)
-        for lam, c, b in zip(lams, cap, mask):
+        for lam, c, b in zip(lams, cap, mask, strict=True):
             torch.ge(lam, c, out=b)  # 1 where the cap binds
         torch._foreach_minimum_(lams, cap)
         _shrink_(shrinks, lams, clean, cap, mask, norm, sdt)
@@ -319,8 +331,15 @@ def _cap_(cap: list[Tensor], clean: list[Tensor], norm: int, sdt: torch.dtype) -
         t.nan_to_num_(0.0, largest, largest)  # log 0 = -inf: no cap there
 
 
-def _shrink_(shrinks: list[Tensor], lams: list[Tensor], clean: list[Tensor], spare: list[Tensor],
-             binds: list[Tensor], norm: int, sdt: torch.dtype) -> None:
+def _shrink_(
+    shrinks: list[Tensor],
+    lams: list[Tensor],
+    clean: list[Tensor],
+    spare: list[Tensor],
+    binds: list[Tensor],
+    norm: int,
+    sdt: torch.dtype,
+) -> None:
     """``shrinks = d e^lam`` where the cap does not bind and the weight where it does
     (``binds`` = 1); ``spare`` is overwritten."""
     torch._foreach_copy_(shrinks, lams)
@@ -341,8 +360,9 @@ def _shrink_(shrinks: list[Tensor], lams: list[Tensor], clean: list[Tensor], spa
     torch._foreach_addcmul_(shrinks, clean, binds)
 
 
-def _fold_(lams: list[Tensor], shrinks: list[Tensor], weights: list[Tensor], spare: list[Tensor],
-           reg_lr: float, limit: float) -> None:
+def _fold_(
+    lams: list[Tensor], shrinks: list[Tensor], weights: list[Tensor], spare: list[Tensor], reg_lr: float, limit: float
+) -> None:
     """``a = lam + nu W r`` where ``|nu W r| < limit``; elsewhere ``a = lam`` and ``r_prev = 0``.
     ``weights`` (W) is overwritten."""
     torch._foreach_mul_(weights, reg_lr)
@@ -359,8 +379,9 @@ def _fold_(lams: list[Tensor], shrinks: list[Tensor], weights: list[Tensor], spa
 
 
 # ---------------------------------------------------------------------- the compiled path
-def _fused_rln_kernel(w: Tensor, acc: Tensor, r_prev: Tensor, avg_reg: float, reg_lr: float, l1: float,
-                      project: float) -> None:
+def _fused_rln_kernel(
+    w: Tensor, acc: Tensor, r_prev: Tensor, avg_reg: float, reg_lr: float, l1: float, project: float
+) -> None:
     """The update of one copy (a 1-D tensor of at least 2 elements), written for
     ``torch.compile`` to fuse into a reduction loop and one elementwise loop; the same
     results as :func:`_single_tensor_rln` up to rounding.
@@ -402,8 +423,15 @@ def compiled_kernel_works(device: torch.device, dtype: torch.dtype, insist: bool
 
     def probe_args() -> tuple[Any, ...]:
         w = torch.tensor([0.5, -0.25], device=device).to(dtype)
-        return w, torch.full((2,), -3.0, device=device, dtype=sdt), torch.zeros(2, device=device, dtype=sdt), \
-            -3.0, 1.0, 1.0, 1.0
+        return (
+            w,
+            torch.full((2,), -3.0, device=device, dtype=sdt),
+            torch.zeros(2, device=device, dtype=sdt),
+            -3.0,
+            1.0,
+            1.0,
+            1.0,
+        )
 
     return _KERNEL.works((device.type, dtype, sdt), probe_args, insist)
 
@@ -444,9 +472,16 @@ def _compiled_rln(
     rows.write_back()
     if rest:
         _multi_tensor_rln(
-            [params[i] for i in rest], [accs[i] for i in rest], [r_prevs[i] for i in rest],
-            norm=norm, avg_reg=avg_reg, reg_lr=reg_lr, project=project, batch_dims=batch_dims,
-            shards=None if shards is None else [shards[i] for i in rest], scratch=scratch,
+            [params[i] for i in rest],
+            [accs[i] for i in rest],
+            [r_prevs[i] for i in rest],
+            norm=norm,
+            avg_reg=avg_reg,
+            reg_lr=reg_lr,
+            project=project,
+            batch_dims=batch_dims,
+            shards=None if shards is None else [shards[i] for i in rest],
+            scratch=scratch,
         )
 
 
@@ -476,15 +511,15 @@ def rln_update(
         fn = _compiled_rln
     else:
         fn = _single_tensor_rln if check_flag("foreach", foreach) is False else _multi_tensor_rln
-    fn(params, accs, r_prevs, norm=norm, avg_reg=avg_reg, reg_lr=reg_lr, project=not first_step,
-       batch_dims=batch_dims)
+    fn(params, accs, r_prevs, norm=norm, avg_reg=avg_reg, reg_lr=reg_lr, project=not first_step, batch_dims=batch_dims)
 
 
-def rln_coefficients(params: Sequence[Tensor], accs: Sequence[Tensor], r_prevs: Sequence[Tensor],
-                     reg_lr: float) -> list[Tensor]:
+def rln_coefficients(
+    params: Sequence[Tensor], accs: Sequence[Tensor], r_prevs: Sequence[Tensor], reg_lr: float
+) -> list[Tensor]:
     r"""The coefficients :math:`\lambda = a - \nu W r_{\text{prev}}` (new tensors), from the
     current weights and the state :func:`rln_update` keeps."""
-    return [_unfolded(p, a, r, reg_lr) for p, a, r in zip(params, accs, r_prevs)]
+    return [_unfolded(p, a, r, reg_lr) for p, a, r in zip(params, accs, r_prevs, strict=True)]
 
 
 def _unfolded(param: Tensor, acc: Tensor, r_prev: Tensor, reg_lr: float) -> Tensor:
@@ -554,29 +589,31 @@ class RLNOptimizer(RegularizedOptimizer):
     sharded like them.
     """
 
-    group_defaults = {"norm": 1, "avg_reg": -7.5, "reg_lr": 6e5, "batch_dims": 0}
+    group_defaults: ClassVar[dict[str, Any]] = {"norm": 1, "avg_reg": -7.5, "reg_lr": 6e5, "batch_dims": 0}
     state_key = "rln"
     state_names = ("lam", "r_prev")
+    paths = UpdatePaths(
+        _single_tensor_rln,
+        _multi_tensor_rln,
+        _compiled_rln,
+        lambda device, dtype, insist: compiled_kernel_works(device, dtype, insist),
+        compile_by_default=True,
+    )
 
     def __init__(
         self,
         optimizer: Optimizer,
         params: Any = None,
         *,
-        norm: int = 1,
-        avg_reg: float = -7.5,
-        reg_lr: float = 6e5,
-        batch_dims: int = 0,
+        norm: int = group_defaults["norm"],
+        avg_reg: float = group_defaults["avg_reg"],
+        reg_lr: float = group_defaults["reg_lr"],
+        batch_dims: int = group_defaults["batch_dims"],
         foreach: bool | None = None,
         compile: bool | None = None,
     ) -> None:
-        check_flag("foreach", foreach)
-        check_flag("compile", compile)
-        super().__init__(
-            optimizer, params, {"norm": norm, "avg_reg": avg_reg, "reg_lr": reg_lr, "batch_dims": batch_dims}
-        )
-        self.foreach = foreach
-        self.compile = compile
+        settings = {"norm": norm, "avg_reg": avg_reg, "reg_lr": reg_lr, "batch_dims": batch_dims}
+        super().__init__(optimizer, params, settings, foreach=foreach, compile=compile)
         self.folded: dict[Tensor, float] = {}  # per weight: the reg_lr folded into its coefficient
         self._scratch = Scratch(3)
 
@@ -615,11 +652,19 @@ class RLNOptimizer(RegularizedOptimizer):
             return  # refused by the parameter checks, with their own message
         sdt = state_dtype(p.dtype)
         n = p.numel() // max(math.prod(p.shape[:batch_dims]), 1)
-        check_magnitude("avg_reg", group["avg_reg"], fold_bound(sdt, n) / 2,
-                        f"the coefficients of a tensor of shape {shape} are kept in {sdt}, and their sum over "
-                        f"{n} elements must stay finite")
-        check_magnitude("reg_lr", group["reg_lr"], torch.finfo(sdt).max,
-                        f"the coefficients of a tensor of shape {shape} are kept in {sdt}")
+        check_magnitude(
+            "avg_reg",
+            group["avg_reg"],
+            fold_bound(sdt, n) / 2,
+            f"the coefficients of a tensor of shape {shape} are kept in {sdt}, and their sum over "
+            f"{n} elements must stay finite",
+        )
+        check_magnitude(
+            "reg_lr",
+            group["reg_lr"],
+            torch.finfo(sdt).max,
+            f"the coefficients of a tensor of shape {shape} are kept in {sdt}",
+        )
 
     def validate_state(self, key: Any, tensors: dict[str, Tensor]) -> None:
         missing = set(self.state_names) - set(tensors)
@@ -709,21 +754,19 @@ class RLNOptimizer(RegularizedOptimizer):
         for (device, dtype), members in buckets.items():
             shards = [shards_of(p, group["batch_dims"]) for p in members]
             sharded = any(s is not None for s in shards)
-            fn = self._path(device, dtype, sharded)
+            fn = self.implementation(device, dtype, sharded)
             fn(
                 [local(p) for p in members],
                 [local(self.reg_state[p]["acc"]) for p in members],
                 [local(self.reg_state[p]["r_prev"]) for p in members],
-                norm=group["norm"], avg_reg=group["avg_reg"], reg_lr=group["reg_lr"], project=project,
-                batch_dims=group["batch_dims"], shards=shards if sharded else None, scratch=self._scratch,
+                norm=group["norm"],
+                avg_reg=group["avg_reg"],
+                reg_lr=group["reg_lr"],
+                project=project,
+                batch_dims=group["batch_dims"],
+                shards=shards if sharded else None,
+                scratch=self._scratch,
             )
-
-    def _path(self, device: torch.device, dtype: torch.dtype, sharded: bool) -> Any:
-        """The implementation for one (device, dtype) bucket: compiled where it works and is
-        wanted (never for sharded tensors), else foreach or per-tensor."""
-        if self.compile is not False and not sharded and compiled_kernel_works(device, dtype, self.compile is True):
-            return _compiled_rln
-        return _single_tensor_rln if self.foreach is False else _multi_tensor_rln
 
     def _resting_ids(self) -> set[int]:
         """The ids of the parameters in inner param groups whose ``lr`` is 0 (a Python number or
@@ -733,8 +776,10 @@ class RLNOptimizer(RegularizedOptimizer):
             lr = group.get("lr")
             if isinstance(lr, Tensor):
                 zero = lr.device.type == "cpu" and lr.numel() == 1 and float(lr) == 0.0
+            elif isinstance(lr, bool):
+                zero = False
             else:
-                zero = isinstance(lr, numbers.Real) and not isinstance(lr, bool) and lr == 0
+                zero = isinstance(lr, numbers.Real) and lr == 0
             if zero:
                 resting.update(id(p) for p in group["params"])
         return resting
@@ -747,6 +792,12 @@ def _like(template: Tensor, value: Tensor) -> Tensor:
     if is_sharded(template):
         from torch.distributed.tensor import DTensor
 
-        return DTensor.from_local(value, template.device_mesh, template.placements, run_check=False,
-                                  shape=template.shape, stride=template.stride())
+        return DTensor.from_local(
+            value,
+            template.device_mesh,
+            template.placements,
+            run_check=False,
+            shape=template.shape,
+            stride=template.stride(),
+        )
     return value

@@ -42,16 +42,16 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
-from ._paths import CompiledKernel
+from ._paths import CompiledKernel, UpdatePaths
 from ._sharding import Shards, complete_sums_, grad_placed_like_, is_sharded, local, shards_of
-from ._validation import check_finite, check_flag, check_magnitude, state_dtype
+from ._validation import check_finite, check_magnitude, state_dtype
 from ._wrapper import RegularizedOptimizer
 
 __all__ = ["RMSLNWrapper", "rms_penalty", "rms_penalty_grad", "rmsln_update"]
@@ -81,11 +81,11 @@ def _whole_norms(
     """
     if shards is None:
         return norms, [math.sqrt(w.numel()) for w in ws]
-    squares = [n * n for n, s in zip(norms, shards) if s is not None]
+    squares = [n * n for n, s in zip(norms, shards, strict=True) if s is not None]
     complete_sums_(squares, [s for s in shards if s is not None])
     whole = iter(squares)
-    norms = [n if s is None else next(whole).sqrt_() for n, s in zip(norms, shards)]
-    return norms, [math.sqrt(w.numel() if s is None else s.count) for w, s in zip(ws, shards)]
+    norms = [n if s is None else next(whole).sqrt_() for n, s in zip(norms, shards, strict=True)]
+    return norms, [math.sqrt(w.numel() if s is None else s.count) for w, s in zip(ws, shards, strict=True)]
 
 
 def _single_tensor_rmsln(
@@ -109,9 +109,7 @@ def _single_tensor_rmsln(
     for i, param in enumerate(params):
         w = param.detach()
         ws = w.to(state_dtype(w.dtype))
-        (norm,), (sqrt_n,) = _whole_norms(
-            [torch.linalg.vector_norm(ws)], [ws], None if shards is None else [shards[i]]
-        )
+        (norm,), (sqrt_n,) = _whole_norms([torch.linalg.vector_norm(ws)], [ws], None if shards is None else [shards[i]])
         rms = norm / sqrt_n
         coef = reg_lambdas[i] * (2.0 * (rms - targets[i])) / sqrt_n
         if alphas is not None:
@@ -150,37 +148,54 @@ def _multi_tensor_rmsln(
     multiplied by it and divided by ``norm + (1 - sign(norm))`` (the norm itself, or 1).
     The results equal the per-tensor path's.
     """
-    grouped = _group_tensors_by_device_and_dtype([params, outs], with_indices=True)
+    grouped = _group_tensors_by_device_and_dtype([list(params), list(outs)], with_indices=True)
     rms_list: list[Tensor | None] = [None] * len(params)
     for (device_params, device_outs), indices in grouped.values():
-        weights = [p.detach() for p in device_params]
+        weights = [p.detach() for p in device_params if p is not None]
+        targets_out = [o for o in device_outs if o is not None]
         ws = [w.to(state_dtype(w.dtype)) for w in weights]
         norms, sqrt_ns = _whole_norms(
             list(torch._foreach_norm(ws)), ws, None if shards is None else [shards[i] for i in indices]
         )
-        rms = torch._foreach_div(norms, sqrt_ns)
-        scales = _scales(norms, rms, sqrt_ns, [reg_lambdas[i] for i in indices], [targets[i] for i in indices],
-                         None if alphas is None else [alphas[i] for i in indices])
+        rms = list(torch._foreach_div(norms, sqrt_ns))
+        scales = _scales(
+            norms,
+            rms,
+            sqrt_ns,
+            [reg_lambdas[i] for i in indices],
+            [targets[i] for i in indices],
+            None if alphas is None else [alphas[i] for i in indices],
+        )
         if weights[0].dtype == ws[0].dtype:
-            torch._foreach_addcmul_(device_outs, weights, scales)
+            torch._foreach_addcmul_(targets_out, weights, scales)
         else:
-            torch._foreach_add_(device_outs, torch._foreach_mul(ws, scales))
-        for i, r in zip(indices, rms):
+            torch._foreach_add_(targets_out, list(torch._foreach_mul(ws, scales)))
+        for i, r in zip(indices, rms, strict=True):
             rms_list[i] = r
     return rms_list  # type: ignore[return-value]
 
 
-def _scales(norms: list[Tensor], rms: list[Tensor], sqrt_ns: list[float], reg_lambdas: list[float],
-            targets: list[float], alphas: list[Alpha] | None) -> list[Tensor]:
+def _scales(
+    norms: list[Tensor],
+    rms: list[Tensor],
+    sqrt_ns: list[float],
+    reg_lambdas: list[float],
+    targets: list[float],
+    alphas: list[Alpha] | None,
+) -> list[Tensor]:
     """Per tensor, the 0-d ``scale`` with ``alpha * dR/dW = scale * W``:
     ``alpha * 2 lambda (rms - target) / (sqrt(n) * norm)``, and 0 where the norm is 0."""
-    coefs = torch._foreach_sub(rms, targets)
+    coefs = list(torch._foreach_sub(rms, targets))
     torch._foreach_mul_(coefs, [2.0 * lam for lam in reg_lambdas])
     torch._foreach_div_(coefs, sqrt_ns)  # 2 lambda (rms - target) / sqrt(n)
     if alphas is not None:
         if any(isinstance(a, Tensor) for a in alphas):
-            alphas = [torch.as_tensor(a).to(device=c.device, dtype=c.dtype) for a, c in zip(alphas, coefs)]
-        torch._foreach_mul_(coefs, alphas)
+            tensors = [
+                torch.as_tensor(a).to(device=c.device, dtype=c.dtype) for a, c in zip(alphas, coefs, strict=True)
+            ]
+            torch._foreach_mul_(coefs, tensors)
+        else:
+            torch._foreach_mul_(coefs, [float(a) for a in alphas])
     nonzero = torch._foreach_sign(norms)  # 1 where norm > 0, 0 where norm == 0
     torch._foreach_mul_(coefs, nonzero)
     safe_norms = torch._foreach_neg(nonzero)
@@ -200,7 +215,7 @@ def _fused_rmsln_kernel(w: Tensor, out: Tensor, reg_lambda: float, target: float
     coef = reg_lambda * (2.0 * (rms - target)) / sqrt_n * alpha
     nonzero = norm != 0
     out.add_(torch.where(nonzero, wf / torch.where(nonzero, norm, 1.0) * coef, 0.0))
-    return rms
+    return rms  # type: ignore[no-any-return]  # vector_norm is annotated as Any
 
 
 _KERNEL = CompiledKernel(_fused_rmsln_kernel, "RMSLN")
@@ -236,12 +251,13 @@ def _compiled_rmsln(
     """
     rms_list: list[Tensor | None] = [None] * len(params)
     rest = {
-        i for i, p in enumerate(params)
+        i
+        for i, p in enumerate(params)
         if p.numel() < 2
         or not (p.is_contiguous() and outs[i].is_contiguous())
         or (alphas is not None and isinstance(alphas[i], Tensor))
     }
-    for i, (p, out) in enumerate(zip(params, outs)):
+    for i, (p, out) in enumerate(zip(params, outs, strict=True)):
         if i in rest:
             continue
         alpha = 1.0 if alphas is None else alphas[i]
@@ -257,7 +273,7 @@ def _compiled_rmsln(
             targets=[targets[i] for i in order],
             alphas=None if alphas is None else [alphas[i] for i in order],
         )
-        for i, r in zip(order, rms_rest):
+        for i, r in zip(order, rms_rest, strict=True):
             rms_list[i] = r
     return rms_list  # type: ignore[return-value]
 
@@ -308,7 +324,7 @@ def rmsln_update(
         alphas=None if alpha_list is None else [alpha_list[i] for i in keep],
     )
     result: list[Tensor | None] = [None] * n
-    for i, r in zip(keep, rms):
+    for i, r in zip(keep, rms, strict=True):
         result[i] = r
     return result
 
@@ -355,7 +371,7 @@ def rms_penalty_grad(
     grads = [torch.zeros_like(p, dtype=state_dtype(p.dtype)) for p in params]
     with torch.no_grad():
         rmsln_update(params, grads, reg_lambdas=reg_lambda, targets=target, foreach=foreach)
-    return [g.to(p.dtype) for g, p in zip(grads, params)]
+    return [g.to(p.dtype) for g, p in zip(grads, params, strict=True)]
 
 
 class RMSLNWrapper(RegularizedOptimizer):
@@ -413,30 +429,35 @@ class RMSLNWrapper(RegularizedOptimizer):
     with each norm over the whole tensor (an all-reduce of the shards' squared norms).
     """
 
-    group_defaults = {"reg_lambda": 1e-4, "target": 1.0}
+    group_defaults: ClassVar[dict[str, Any]] = {"reg_lambda": 1e-4, "target": 1.0}
     state_key = "rmsln"
+    paths = UpdatePaths(
+        _single_tensor_rmsln,
+        _multi_tensor_rmsln,
+        _compiled_rmsln,
+        lambda device, dtype, insist: compiled_kernel_works(device, dtype, insist),
+        compile_by_default=False,
+    )
 
     def __init__(
         self,
         optimizer: Optimizer,
-        params=None,
+        params: Any = None,
         *,
-        reg_lambda: float = 1e-4,
-        target: float = 1.0,
+        reg_lambda: float = group_defaults["reg_lambda"],
+        target: float = group_defaults["target"],
         decoupled: bool = False,
         foreach: bool | None = None,
         compile: bool | None = None,
     ) -> None:
         if not isinstance(decoupled, bool):
             raise TypeError(f"Invalid decoupled: {decoupled!r} (expected True or False)")
-        check_flag("foreach", foreach)
-        check_flag("compile", compile)
-        super().__init__(optimizer, params, {"reg_lambda": reg_lambda, "target": target})
+        super().__init__(
+            optimizer, params, {"reg_lambda": reg_lambda, "target": target}, foreach=foreach, compile=compile
+        )
         self.decoupled = decoupled
         if decoupled:
             self._check_lr(self.param_groups, self._regularized_ids())
-        self.foreach = foreach
-        self.compile = compile
 
     def validate_group(self, group: dict[str, Any]) -> None:
         group["reg_lambda"], group["target"] = _check_settings(group["reg_lambda"], group["target"])
@@ -491,7 +512,7 @@ class RMSLNWrapper(RegularizedOptimizer):
             rms = self._add_gradients(params, reg_lambdas, targets, alphas)
         if not want_penalty:
             return None
-        return self._penalty_from({id(p): r for p, r in zip(params, rms)})
+        return self._penalty_from({id(p): r for p, r in zip(params, rms, strict=True)})
 
     def _stepped(self) -> tuple[list[Tensor], list[float], list[float]]:
         """The regularized, non-empty parameters with a ``.grad``, and their groups' settings.
@@ -528,17 +549,31 @@ class RMSLNWrapper(RegularizedOptimizer):
                 neg_lr_of[id(p)] = neg_lr
         return [neg_lr_of[id(p)] for p in params]
 
-    def _add_gradients(self, params: list[Tensor], reg_lambdas: list[float], targets: list[float],
-                       alphas: list[Alpha] | None) -> list[Tensor]:
-        """Run the update on the gradients (coupled) or the weights (decoupled); the rms of each."""
+    def _add_gradients(
+        self, params: list[Tensor], reg_lambdas: list[float], targets: list[float], alphas: list[Alpha] | None
+    ) -> list[Tensor]:
+        """Run the update on the gradients (coupled) or the weights (decoupled), per device and
+        dtype, on local shards (sharded weights: whole norms, all-reduced); the rms of each."""
         outs = params if self.decoupled else [grad_placed_like_(p) for p in params]
-        shards = [shards_of(p) for p in params]
-        if any(s is not None for s in shards):
-            # Sharded weights: local shards, whole norms (all-reduced), never compiled.
-            update = _multi_tensor_rmsln if self.foreach is not False else _single_tensor_rmsln
-            return update([local(p) for p in params], [local(o) for o in outs],
-                          reg_lambdas=reg_lambdas, targets=targets, alphas=alphas, shards=shards)
-        return self._update()(params, outs, reg_lambdas=reg_lambdas, targets=targets, alphas=alphas)
+        buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for i, p in enumerate(params):
+            buckets.setdefault((local(p).device, p.dtype), []).append(i)
+        rms: list[Tensor | None] = [None] * len(params)
+        for (device, dtype), members in buckets.items():
+            shards = [shards_of(params[i]) for i in members]
+            sharded = any(s is not None for s in shards)
+            update = self.implementation(device, dtype, sharded)
+            results = update(
+                [local(params[i]) for i in members],
+                [local(outs[i]) for i in members],
+                reg_lambdas=[reg_lambdas[i] for i in members],
+                targets=[targets[i] for i in members],
+                alphas=None if alphas is None else [alphas[i] for i in members],
+                shards=shards if sharded else None,
+            )
+            for i, r in zip(members, results, strict=True):
+                rms[i] = r
+        return rms  # type: ignore[return-value]
 
     def _penalty_from(self, rms_of: dict[int, Tensor]) -> Tensor:
         """:math:`R(W)` from the rms already computed (by id), computing the missing ones."""
@@ -554,11 +589,6 @@ class RMSLNWrapper(RegularizedOptimizer):
             if term is not None:
                 total = term if total is None else total + term
         return torch.zeros(()) if total is None else total
-
-    def _update(self) -> Callable[..., list[Tensor]]:
-        if self.compile:  # None: eager, which is the floor already
-            return _compiled_rmsln
-        return _multi_tensor_rmsln if self.foreach is not False else _single_tensor_rmsln
 
     # ------------------------------------------------------------------ the regularization pass
     def before_inner_step(self, has_closure: bool) -> None:
@@ -578,6 +608,7 @@ class RMSLNWrapper(RegularizedOptimizer):
             loss = closure()
             with torch.no_grad():
                 penalty = self._regularize(want_penalty=True)
+            assert penalty is not None
             return _with_penalty(loss, penalty)
 
         return regularized_closure
@@ -589,7 +620,6 @@ def _with_penalty(loss: Any, penalty: Tensor) -> Any:
     the penalty from the device); any other value (None, a tuple, a dict) as it is."""
     if isinstance(loss, Tensor):
         return loss + penalty
-    if isinstance(loss, numbers.Real) and not isinstance(loss, bool):
-        return float(loss) + float(penalty)
-    return loss
-
+    if isinstance(loss, bool) or not isinstance(loss, numbers.Real):
+        return loss
+    return float(loss) + float(penalty)
