@@ -123,17 +123,21 @@ def _wave_limit(device: torch.device) -> int | None:
 # ---------------------------------------------------------------------- the eager paths
 def _copy_finite_(out: list[Tensor], weights: list[Tensor]) -> None:
     """``out = w`` in the state dtype, with NaN and +-Inf replaced by 0."""
-    torch._foreach_copy_(out, weights)
-    for t in out:
-        t.nan_to_num_(0.0, 0.0, 0.0)
+    for o, w in zip(out, weights, strict=True):
+        if o.dtype == w.dtype:
+            torch.nan_to_num(w, 0.0, 0.0, 0.0, out=o)
+        else:
+            o.copy_(w).nan_to_num_(0.0, 0.0, 0.0)
 
 
 def _finite_indicator_(out: list[Tensor], weights: list[Tensor]) -> None:
     """``out = 1.0`` where the weight is finite and ``0.0`` where it is NaN or +-Inf."""
-    torch._foreach_copy_(out, weights)
-    torch._foreach_abs_(out)
-    for t in out:
-        torch.lt(t, math.inf, out=t)  # a comparison into a float tensor: 1.0 / 0.0 (bool tensors are slow on CPU)
+    for o, w in zip(out, weights, strict=True):
+        if o.dtype == w.dtype:
+            torch.abs(w, out=o)
+        else:
+            o.copy_(w).abs_()
+        torch.lt(o, math.inf, out=o)  # a comparison into a float tensor: 1.0 / 0.0 (bool tensors are slow on CPU)
 
 
 def _chunk_lists(wave: list[Chunk]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
@@ -318,17 +322,15 @@ def _multi_tensor_rln(
 
 def _cap_(cap: list[Tensor], clean: list[Tensor], norm: int, sdt: torch.dtype) -> None:
     """``cap = log|w / d|``, and the largest float (no cap) where the weight is 0."""
-    torch._foreach_copy_(cap, clean)
-    if norm == 2:
-        torch._foreach_sign_(cap)
-        torch._foreach_abs_(cap)
-        torch._foreach_mul_(cap, 0.5)  # log(1/2), or log 0 where w = 0
-    else:
-        torch._foreach_abs_(cap)
+    for c, s in zip(cap, clean, strict=True):
+        if norm == 2:
+            torch.sign(s, out=c).abs_().mul_(0.5)  # log(1/2), or log 0 where w = 0
+        else:
+            torch.abs(s, out=c)
     torch._foreach_log_(cap)
     largest = torch.finfo(sdt).max
-    for t in cap:
-        t.nan_to_num_(0.0, largest, largest)  # log 0 = -inf: no cap there
+    for c in cap:
+        c.nan_to_num_(0.0, largest, largest)  # log 0 = -inf: no cap there
 
 
 def _shrink_(
@@ -342,20 +344,20 @@ def _shrink_(
 ) -> None:
     """``shrinks = d e^lam`` where the cap does not bind and the weight where it does
     (``binds`` = 1); ``spare`` is overwritten."""
-    torch._foreach_copy_(shrinks, lams)
-    torch._foreach_clamp_max_(shrinks, max_exponent(sdt))
+    top = max_exponent(sdt)
+    for r, lam in zip(shrinks, lams, strict=True):
+        torch.clamp(lam, max=top, out=r)
     torch._foreach_exp_(shrinks)
     if norm == 1:
-        torch._foreach_copy_(spare, clean)
-        torch._foreach_sign_(spare)
+        for sp, s in zip(spare, clean, strict=True):
+            torch.sign(s, out=sp)
         torch._foreach_mul_(shrinks, spare)
     else:
         torch._foreach_mul_(shrinks, 2.0)
         torch._foreach_clamp_max_(shrinks, 1.0)  # 2 e^lam < 1 where the cap does not bind; no overflow where it does
         torch._foreach_mul_(shrinks, clean)
-    torch._foreach_copy_(spare, binds)
-    torch._foreach_neg_(spare)
-    torch._foreach_add_(spare, 1.0)  # 1 where the cap does not bind
+    for sp, b in zip(spare, binds, strict=True):
+        torch.mul(b, -1.0, out=sp).add_(1.0)  # 1 where the cap does not bind
     torch._foreach_mul_(shrinks, spare)
     torch._foreach_addcmul_(shrinks, clean, binds)
 
@@ -367,12 +369,9 @@ def _fold_(
     ``weights`` (W) is overwritten."""
     torch._foreach_mul_(weights, reg_lr)
     torch._foreach_mul_(weights, shrinks)  # nu W r
-    for t in weights:
+    for t, sp in zip(weights, spare, strict=True):
         t.nan_to_num_(limit, limit, -limit)  # inf * 0 and overflows: dropped below
-    torch._foreach_copy_(spare, weights)
-    torch._foreach_abs_(spare)
-    for t in spare:
-        torch.lt(t, limit, out=t)
+        torch.lt(torch.abs(t, out=sp), limit, out=sp)
     torch._foreach_mul_(weights, spare)
     torch._foreach_mul_(shrinks, spare)
     torch._foreach_add_(lams, weights)
