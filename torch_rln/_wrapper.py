@@ -61,6 +61,20 @@ def _global_step_hooks_paused() -> Iterator[None]:
         torch_optimizer._global_optimizer_post_hooks = post
 
 
+@contextlib.contextmanager
+def _amp_attributes_forwarded(inner: Optimizer, grad_scale: Any, found_inf: Any) -> Iterator[None]:
+    """``grad_scale`` and ``found_inf`` (GradScaler's protocol for optimizers that advertise
+    ``_step_supports_amp_scaling``) set on the inner optimizer for its step, then removed."""
+    if grad_scale is None and found_inf is None:
+        yield
+        return
+    inner.grad_scale, inner.found_inf = grad_scale, found_inf  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        del inner.grad_scale, inner.found_inf  # type: ignore[attr-defined]
+
+
 class RegularizedOptimizer(Optimizer):
     """Base class of the torch-rln wrappers (not used directly).
 
@@ -84,7 +98,7 @@ class RegularizedOptimizer(Optimizer):
       (the default refuses non-finite values);
     * ``export_state()`` / ``import_state(state, replace)``: the per-parameter state as
       checkpoints hold it, when the live form differs (RLN folds its coefficients);
-    * ``before_inner_step(has_closure)`` / ``after_inner_step(context)``: the
+    * ``before_inner_step(has_closure, grad_scale)`` / ``after_inner_step(context)``: the
       regularization pass, both under ``no_grad``; optionally ``wrap_closure(closure)``.
 
     Skips ``Optimizer.__init__`` on purpose (it would build param groups of its own),
@@ -168,10 +182,12 @@ class RegularizedOptimizer(Optimizer):
             self.reg_state = {}
         self.reg_state.update(state)
 
-    def before_inner_step(self, has_closure: bool) -> Any:
+    def before_inner_step(self, has_closure: bool, grad_scale: torch.Tensor | None) -> Any:
         """Runs under ``no_grad`` before the inner step; its result goes to ``after_inner_step``.
 
         ``has_closure``: the step was given a closure, so the gradients are yet to come.
+        ``grad_scale``: GradScaler's scale when the gradients are still scaled (a fused inner
+        optimizer unscales them itself), else None.
         """
         return None
 
@@ -235,15 +251,34 @@ class RegularizedOptimizer(Optimizer):
         if new_group is not None:
             self.reg_groups.append(new_group)
 
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """As the inner optimizer (fused SGD/Adam/AdamW): then ``torch.amp.GradScaler`` leaves
+        the gradients scaled and sets ``grad_scale`` and ``found_inf`` on this wrapper, which
+        hands them to the inner step."""
+        return bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
+
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Run the regularization pass around one step of the inner optimizer."""
+        """Run the regularization pass around one step of the inner optimizer.
+
+        Under GradScaler's protocol for fused optimizers (``grad_scale`` / ``found_inf`` set
+        on this wrapper), a step with inf/NaN gradients (``found_inf``, read once from the
+        device, as GradScaler's own unfused path does) leaves the regularizer alone, as the
+        fused inner step leaves the weights.
+        """
         self._adopt_state_from_inner()
-        with torch.no_grad():
-            context = self.before_inner_step(closure is not None)
-        with _global_step_hooks_paused():
-            loss = self.optimizer.step() if closure is None else self.optimizer.step(self.wrap_closure(closure))
-        with torch.no_grad():
-            self.after_inner_step(context)
+        grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
+        regularize = found_inf is None or not bool(found_inf)
+        context = None
+        if regularize:
+            with torch.no_grad():
+                context = self.before_inner_step(closure is not None, grad_scale)
+        wrapped = closure if closure is None or not regularize else self.wrap_closure(closure)
+        with _global_step_hooks_paused(), _amp_attributes_forwarded(self.optimizer, grad_scale, found_inf):
+            loss = self.optimizer.step() if wrapped is None else self.optimizer.step(wrapped)
+        if regularize:
+            with torch.no_grad():
+                self.after_inner_step(context)
         return loss
 
     def implementation(self, device: torch.device, dtype: torch.dtype, sharded: bool) -> Callable[..., Any]:

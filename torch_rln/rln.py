@@ -704,7 +704,7 @@ class RLNOptimizer(RegularizedOptimizer):
         return _like(state["acc"], _unfolded(local(param), local(state["acc"]), local(state["r_prev"]), folded))
 
     # ------------------------------------------------------------------ the pass
-    def before_inner_step(self, has_closure: bool) -> None:
+    def before_inner_step(self, has_closure: bool, grad_scale: Tensor | None) -> None:
         """Fold each coefficient with its group's current ``reg_lr`` against the weight as it
         is now, before the inner step: after a checkpoint (unfolded) or a change of
         ``reg_lr``. Nothing to do otherwise."""

@@ -501,14 +501,19 @@ class RMSLNWrapper(RegularizedOptimizer):
             total = total + rms_penalty(group["params"], group["reg_lambda"], group["target"])
         return total
 
-    def _regularize(self, want_penalty: bool = False) -> Tensor | None:
-        """Add ``dR/dW`` to the grads (coupled) or ``-lr dR/dW`` to the weights (decoupled),
-        for the regularized parameters that have a ``.grad``; with ``want_penalty``, return
-        :math:`R(W)` over every regularized tensor (from the same norms)."""
+    def _regularize(self, want_penalty: bool = False, grad_scale: Tensor | None = None) -> Tensor | None:
+        """Add ``dR/dW`` to the grads (coupled; times ``grad_scale`` when they are still
+        scaled) or ``-lr dR/dW`` to the weights (decoupled), for the regularized parameters
+        that have a ``.grad``; with ``want_penalty``, return :math:`R(W)` over every
+        regularized tensor (from the same norms)."""
         params, reg_lambdas, targets = self._stepped()
         rms: list[Tensor] = []
         if params:
-            alphas = self._negative_lrs(params) if self.decoupled else None
+            alphas: list[Alpha] | None = None
+            if self.decoupled:
+                alphas = self._negative_lrs(params)
+            elif grad_scale is not None:
+                alphas = [grad_scale] * len(params)
             rms = self._add_gradients(params, reg_lambdas, targets, alphas)
         if not want_penalty:
             return None
@@ -591,10 +596,11 @@ class RMSLNWrapper(RegularizedOptimizer):
         return torch.zeros(()) if total is None else total
 
     # ------------------------------------------------------------------ the regularization pass
-    def before_inner_step(self, has_closure: bool) -> None:
+    def before_inner_step(self, has_closure: bool, grad_scale: Tensor | None) -> None:
         # With a closure the gradients are yet to come: wrap_closure adds the penalty's.
+        # Gradients still scaled by GradScaler (a fused inner optimizer) get the scaled penalty's.
         if not self.decoupled and not has_closure:
-            self._regularize()
+            self._regularize(grad_scale=grad_scale)
 
     def after_inner_step(self, context: Any) -> None:
         if self.decoupled:
