@@ -21,8 +21,7 @@ SETTINGS = dict(avg_reg=-5.0, reg_lr=30.0)
 MODES = ["wrapping_zero", "built_by_zero"]
 
 
-def rln_factory(params, **inner_settings):
-    return RLNOptimizer(torch.optim.Adam(params, **inner_settings), **SETTINGS)
+rln_factory = RLNOptimizer.factory(torch.optim.Adam, **SETTINGS)  # ZeRO builds one per rank
 
 
 def make(mode=None):

@@ -22,6 +22,13 @@ __all__ = ["build_groups", "check_params", "default_choice", "tensors_of"]
 
 Validate = Callable[[dict[str, Any]], None]
 
+_NO_MATRIX = (
+    "{name}(params=None) regularizes the inner optimizer's real floating-point parameters with "
+    "ndim >= 2, and it has none. ZeRO-style frameworks such as DeepSpeed hand optimizers flat "
+    "1-D partitions of the weights; pass params= explicitly (the tensors to regularize), or use "
+    "{name}.factory(...) where a framework builds the optimizer"
+)
+
 
 def tensors_of(params: Any) -> list[Any]:
     """The tensors of a param group's ``params``: a tensor, tensors, or (name, tensor) pairs."""
@@ -43,13 +50,16 @@ def default_choice(tensors: Iterable[Any]) -> list[torch.Tensor]:
 
 
 def build_groups(
-    optimizer: Optimizer, params: Any, defaults: dict[str, Any], validate: Validate
+    optimizer: Optimizer, params: Any, defaults: dict[str, Any], validate: Validate, name: str
 ) -> list[dict[str, Any]]:
     """The regularization groups for a wrapper's ``params`` argument, validated and checked
-    against ``optimizer``'s parameters (see :func:`check_params`)."""
+    against ``optimizer``'s parameters (see :func:`check_params`). ``name``: the wrapper's,
+    for the error when ``params=None`` finds nothing."""
     if params is None:
         chosen = default_choice(p for g in optimizer.param_groups for p in g["params"])
-        groups = [{"params": chosen, **defaults}] if chosen else []
+        if not chosen:
+            raise ValueError(_NO_MATRIX.format(name=name))
+        groups = [{"params": chosen, **defaults}]
     else:
         groups = [_group_from(item, defaults) for item in _items(params)]
     for group in groups:

@@ -132,14 +132,14 @@ class RegularizedOptimizer(Optimizer):
                 f"got {type(optimizer).__module__}.{type(optimizer).__qualname__}"
             )
         for inner in _inner_chain(optimizer):
-            if type(inner) is type(self):
+            if isinstance(inner, RegularizedOptimizer) and inner.state_key == self.state_key:
                 raise ValueError(
                     f"{type(self).__name__} already wraps an {type(self).__name__}: "
                     "give one wrapper several regularization groups instead"
                 )
         reg_defaults = dict(defaults)
         self.validate_group(reg_defaults)
-        reg_groups = build_groups(optimizer, params, reg_defaults, self.validate_group)
+        reg_groups = build_groups(optimizer, params, reg_defaults, self.validate_group, type(self).__name__)
 
         # Everything is validated: from here on nothing can fail.
         self.optimizer = optimizer
@@ -239,17 +239,36 @@ class RegularizedOptimizer(Optimizer):
         inner_group["params"] = [params] if isinstance(params, torch.Tensor) else list(params)
         settings = {k: inner_group.pop(k) for k in list(inner_group) if k in self.group_defaults}
         new_group = None
-        if settings or self._regularize_new_groups:
-            chosen = default_choice(tensors_of(inner_group["params"]))
-            if chosen:
-                new_group = {"params": chosen, **self.reg_defaults, **settings}
-                self.validate_group(new_group)
-                held = {id(p) for g in self.param_groups for p in g["params"]}
-                fresh = [p for p in chosen if id(p) not in held]  # torch refuses the others below
-                check_params([{**new_group, "params": fresh}], self.optimizer, self._regularized_ids(), fresh)
+        chosen = self._new_regularized(inner_group["params"], settings)
+        if chosen:
+            new_group = {"params": chosen, **self.reg_defaults, **settings}
+            self.validate_group(new_group)
+            held = {id(p) for g in self.param_groups for p in g["params"]}
+            fresh = [p for p in chosen if id(p) not in held]  # torch refuses the others below
+            check_params([{**new_group, "params": fresh}], self.optimizer, self._regularized_ids(), fresh)
         self.optimizer.add_param_group(inner_group)
         if new_group is not None:
             self.reg_groups.append(new_group)
+
+    def _new_regularized(self, params: list[Any], settings: dict[str, Any]) -> list[torch.Tensor]:
+        """The tensors of a group being added (tensors or ``(name, tensor)`` pairs) that this
+        wrapper regularizes: the default choice if the group came with settings or this
+        wrapper was built with ``params=None``, else none. The classes that :meth:`factory`
+        builds choose with their ``select``."""
+        if not settings and not self._regularize_new_groups:
+            return []
+        return default_choice(tensors_of(params))
+
+    @classmethod
+    def factory(cls, optimizer_cls: Callable[..., Optimizer], /, **settings: Any) -> type[Any]:
+        """An optimizer class that builds ``optimizer_cls`` and this wrapper around it in one
+        call, ``(params, **kwargs)``, for frameworks that take an optimizer class and keyword
+        arguments (skorch, HF Trainer, ZeroRedundancyOptimizer). ``settings`` are defaults
+        for those keyword arguments: this wrapper's settings, ``select``, and the inner
+        optimizer's. See :mod:`torch_rln._factory`."""
+        from ._factory import build_factory
+
+        return build_factory(cls, optimizer_cls, settings)
 
     @property
     def _step_supports_amp_scaling(self) -> bool:

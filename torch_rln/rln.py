@@ -80,6 +80,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -90,6 +91,7 @@ from torch.optim import Optimizer
 from ._paths import CompiledKernel, UpdatePaths
 from ._rows import CPU_WAVE, Chunk, Rows, Scratch, rows_of, waves
 from ._sharding import Shards, complete_sums_, local, shards_of
+from ._telemetry import NamedParams, TensorStats, rln_stats
 from ._validation import check_finite, check_flag, check_int, check_magnitude, shown, state_dtype
 from ._wrapper import RegularizedOptimizer
 
@@ -535,6 +537,17 @@ def _refold_(param: Tensor, acc: Tensor, r_prev: Tensor, delta: float) -> None:
         acc.addcmul_(weight, r_prev, value=delta)
 
 
+def _warn_small_reg_lr(reg_lr: float) -> None:
+    warnings.warn(
+        f"RLNOptimizer: reg_lr={reg_lr!r} is below 1. reg_lr is nu, the learning rate of the "
+        "log-coefficients, not the optimizer's learning rate; useful values are far larger (the "
+        "paper's grid: 1e5 to 1e7 for standardized data). If you mean it, silence this with "
+        "warnings.filterwarnings('ignore', message='RLNOptimizer: reg_lr'); otherwise pass reg_lr >= 1",
+        UserWarning,
+        stacklevel=6,  # the caller of RLNOptimizer(...)
+    )
+
+
 # ---------------------------------------------------------------------- the optimizer
 class RLNOptimizer(RegularizedOptimizer):
     r"""Wrap any ``torch.optim`` optimizer with Regularization Learning.
@@ -626,6 +639,8 @@ class RLNOptimizer(RegularizedOptimizer):
         if reg_lr < 0:
             raise ValueError(f"Invalid reg_lr: {shown(group['reg_lr'])} (expected >= 0)")
         group["reg_lr"] = reg_lr
+        if 0 < reg_lr < 1 and "params" in group:  # a group, not the defaults checked before it
+            _warn_small_reg_lr(reg_lr)
         group["batch_dims"] = batch_dims = check_int("batch_dims", group["batch_dims"], "an int >= 0")
         if batch_dims < 0:
             raise ValueError(f"Invalid batch_dims: {batch_dims!r} (expected an int >= 0)")
@@ -687,6 +702,18 @@ class RLNOptimizer(RegularizedOptimizer):
         for p, saved in state.items():
             self.reg_state[p] = {"acc": saved["lam"], "r_prev": saved["r_prev"]}
             self.folded[p] = 0.0
+
+    def stats(self, names: NamedParams | None = None) -> dict[str, TensorStats]:
+        """What RLN did to each regularized tensor: the fraction of weights exactly 0, the
+        inputs eliminated (all-zero columns of a weight ``(out, in)``: a count and a boolean
+        mask), the coefficients' mean, std, min and max, and the last shrink's norm.
+
+        All tensors (per copy with ``batch_dims``), computed without a host sync; keyed by
+        the parameter's name (from ``names``, e.g. ``model.named_parameters()``, or the
+        names the inner optimizer was given) or else its index in ``state_dict()["state"]``.
+        :func:`torch_rln.log_stats` logs them. See :mod:`torch_rln._telemetry`.
+        """
+        return rln_stats(self, names)
 
     def lambdas(self, param: Tensor) -> Tensor:
         """The current log-coefficients of ``param`` (a copy, shaped like it).
