@@ -49,6 +49,7 @@ def prelude(name: str) -> dict:
     model = torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
     return {
         "classification": {},
+        "contributing": {},
         "skorch": {"torch": torch, "X": x.numpy().astype(np.float32), "y": y.numpy().astype(np.float32)},
         "hf-trainer": {"torch": torch, "model": DictLossRegressor(),
                        "train_dataset": [{"x": x[i], "labels": y[i, 0]} for i in range(64)]},
@@ -62,7 +63,7 @@ NEEDS = {"skorch": "skorch", "hf-trainer": "transformers", "lightning": "pytorch
 
 
 def test_the_readme_marks_every_integration():
-    assert set(snippets()) == {"classification", "skorch", "hf-trainer", "lightning", "accelerate"}
+    assert set(snippets()) == {"classification", "skorch", "hf-trainer", "lightning", "accelerate", "contributing"}
 
 
 @pytest.mark.parametrize("name", sorted(snippets()))
@@ -81,3 +82,5 @@ def test_snippet_runs(name, tmp_path, monkeypatch, capsys):
         assert "inputs eliminated" in capsys.readouterr().out
     if name == "hf-trainer":
         assert os.path.isdir(tmp_path / "out")
+    if name == "contributing":
+        assert "reg group 0: 1 tensor(s), decay=0.5" in capsys.readouterr().out
