@@ -14,7 +14,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import PATHS, WRAPPERS, make_model
+from helpers import PATHS, WRAPPERS
 
 import torch_rln.rln as rln_module
 
@@ -45,9 +45,3 @@ def path(request):
 def wrapper_name(request):
     """Each name of helpers.WRAPPERS: RLN, coupled RMSLN, decoupled RMSLN, RMSLN over RLN."""
     return request.param
-
-
-@pytest.fixture
-def model():
-    """helpers.make_model(): Linear(12, 16), ReLU, Linear(16, 1), seed 0."""
-    return make_model()
