@@ -24,8 +24,7 @@ from torch_rln import RLNOptimizer, RMSLNWrapper
 
 
 def _trained(build):
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    model = make_model(sizes=(6, 8, 1))
     opt = build(torch.optim.Adam(model.parameters(), lr=1e-2))
     x = torch.randn(16, 6)
     for _ in range(3):
