@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
+from helpers import rln_of, train_ranked
 from spawn import run_ranks
 
 from torch_rln import RLNOptimizer, RMSLNWrapper
@@ -56,7 +57,7 @@ def wrap(model, which, inner="adam"):
         {"params": [model.a.weight, model.b.weight]},
         {"params": [model.stack_by_copy, model.stack_in_copy], "batch_dims": 1},
     ]
-    settings = dict(avg_reg=-4.0, reg_lr=1e3)
+    settings = {"avg_reg": -4.0, "reg_lr": 1e3}
     if which.startswith("rln"):
         path = which.split("_")[1]
         return RLNOptimizer(base, rln_groups, foreach=path != "single", compile=path == "compile", **settings)
@@ -71,16 +72,9 @@ def data():
     return x, x[..., 0] - 2 * x[..., 1]
 
 
-def rln_of(opt):
-    while not isinstance(opt, RLNOptimizer):
-        opt = getattr(opt, "optimizer", None)
-        if opt is None:
-            return None
-    return opt
-
-
 def snapshot(model, opt):
     """Whole parameters and RLN coefficients (gathered if sharded)."""
+
     def whole(t):
         return t.full_tensor() if hasattr(t, "full_tensor") else t.detach().clone()
 
@@ -90,12 +84,7 @@ def snapshot(model, opt):
 
 
 def train(model, opt, steps, rank=None):
-    x, y = data()
-    for step in steps:
-        xs, ys = (x[step], y[step]) if rank is None else (x[step].chunk(WORLD)[rank], y[step].chunk(WORLD)[rank])
-        opt.zero_grad()
-        ((model(xs) - ys) ** 2).mean().backward()
-        opt.step()
+    train_ranked(model, opt, *data(), steps, rank, WORLD)
 
 
 def shard(model):
@@ -158,8 +147,10 @@ TP_STEPS = 6
 def tp_gradients():
     """The whole gradients of a 3x5 and a 4x5 weight for each step."""
     g = torch.Generator().manual_seed(2)
-    return [(torch.randn(3, 5, generator=g, dtype=torch.float64), torch.randn(4, 5, generator=g, dtype=torch.float64))
-            for _ in range(TP_STEPS)]
+    return [
+        (torch.randn(3, 5, generator=g, dtype=torch.float64), torch.randn(4, 5, generator=g, dtype=torch.float64))
+        for _ in range(TP_STEPS)
+    ]
 
 
 def tp_weights():
@@ -169,7 +160,7 @@ def tp_weights():
 
 def train_tp(params, gradients, opt):
     for grads in gradients:
-        for p, grad in zip(params, grads):
+        for p, grad in zip(params, grads, strict=False):
             p.grad = grad
         opt.step()
     return [p.detach() for p in params]
@@ -187,8 +178,10 @@ def tensor_parallel_gradients(rank):
     a = torch.nn.Parameter(distribute_tensor(a, mesh, [Replicate()]))
     b = torch.nn.Parameter(distribute_tensor(b, mesh, [Shard(0)]))
     share = 0.25 if rank == 0 else 0.75
-    gradients = [(DTensor.from_local(ga * share, mesh, [Partial()]), distribute_tensor(gb, mesh, [Replicate()]))
-                 for ga, gb in tp_gradients()]
+    gradients = [
+        (DTensor.from_local(ga * share, mesh, [Partial()]), distribute_tensor(gb, mesh, [Replicate()]))
+        for ga, gb in tp_gradients()
+    ]
     opt = RMSLNWrapper(torch.optim.SGD([a, b], lr=0.1), reg_lambda=0.5)
     return [p.full_tensor() for p in train_tp([a, b], gradients, opt)]
 
@@ -213,8 +206,9 @@ def ranks(tmp_path_factory):
 
 
 def assert_same(a, b, **tolerance):
-    assert len(a["params"]) == len(b["params"]) and len(a["lambdas"]) == len(b["lambdas"])
-    for x, y in zip(a["params"] + a["lambdas"], b["params"] + b["lambdas"]):
+    assert len(a["params"]) == len(b["params"])
+    assert len(a["lambdas"]) == len(b["lambdas"])
+    for x, y in zip(a["params"] + a["lambdas"], b["params"] + b["lambdas"], strict=False):
         if tolerance:
             torch.testing.assert_close(x, y, **tolerance)
         else:
@@ -223,9 +217,12 @@ def assert_same(a, b, **tolerance):
 
 def test_shards_are_uneven_and_one_is_empty(ranks):
     shapes = [r["local_shapes"] for r in ranks]
-    assert shapes[0]["a.weight"] == (4, 10) and shapes[1]["a.weight"] == (3, 10)
-    assert shapes[0]["b.weight"] == (1, 7) and shapes[1]["b.weight"] == (0, 7)  # empty on rank 1
-    assert shapes[0]["stack_by_copy"] == (2, 6, 4) and shapes[1]["stack_by_copy"] == (1, 6, 4)
+    assert shapes[0]["a.weight"] == (4, 10)
+    assert shapes[1]["a.weight"] == (3, 10)
+    assert shapes[0]["b.weight"] == (1, 7)
+    assert shapes[1]["b.weight"] == (0, 7)
+    assert shapes[0]["stack_by_copy"] == (2, 6, 4)
+    assert shapes[1]["stack_by_copy"] == (1, 6, 4)
     assert shapes[0]["stack_in_copy"] == shapes[1]["stack_in_copy"] == (3, 3, 4)
 
 
@@ -258,5 +255,5 @@ def test_rmsln_redistributes_gradients_placed_unlike_their_weights(ranks):
     params = [torch.nn.Parameter(w) for w in tp_weights()]
     expected = train_tp(params, tp_gradients(), RMSLNWrapper(torch.optim.SGD(params, lr=0.1), reg_lambda=0.5))
     for rank in ranks:
-        for got, want in zip(rank["tp_gradients"], expected):
+        for got, want in zip(rank["tp_gradients"], expected, strict=False):
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)

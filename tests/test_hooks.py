@@ -3,18 +3,13 @@ hooks on the inner optimizer run inside the wrapper's step."""
 
 import pytest
 import torch
+from helpers import WRAPPERS, batches, make_model, noise_batches, train, train_step
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-from torch_rln import RLNOptimizer, RMSLNWrapper
-
-WRAPPERS = {
-    "rln": lambda inner: RLNOptimizer(inner, avg_reg=-4.0, reg_lr=1e3, compile=False),
-    "rmsln": lambda inner: RMSLNWrapper(inner, reg_lambda=1e-2),
-    "rmsln_over_rln": lambda inner: RMSLNWrapper(RLNOptimizer(inner, avg_reg=-4.0, reg_lr=1e3, compile=False)),
-}
+from torch_rln import RLNOptimizer
 
 
-@pytest.mark.parametrize("name", list(WRAPPERS))
+@pytest.mark.parametrize("name", ["rln", "rmsln", "rmsln_over_rln"])
 def test_global_step_hooks_fire_once_per_step(name):
     w = torch.nn.Parameter(torch.randn(4, 5))
     opt = WRAPPERS[name](torch.optim.SGD([w], lr=0.1))
@@ -39,8 +34,8 @@ def test_global_step_hooks_fire_once_per_step(name):
 
 AFTER_THE_INNER_STEP = {
     "rln": WRAPPERS["rln"],
-    "rmsln_decoupled": lambda inner: RMSLNWrapper(inner, reg_lambda=1e-2, decoupled=True),
-    "rmsln_decoupled_over_rln": lambda inner: RMSLNWrapper(WRAPPERS["rln"](inner), reg_lambda=1e-2, decoupled=True),
+    "rmsln_decoupled": WRAPPERS["rmsln_decoupled"],
+    "rmsln_decoupled_over_rln": lambda inner: WRAPPERS["rmsln_over_rln"](inner, decoupled=True),
 }
 
 
@@ -60,7 +55,9 @@ def test_a_hook_on_the_inner_optimizer_that_sets_the_gradients_is_seen(name):
         opt = AFTER_THE_INNER_STEP[name](inner)
         pending = []
         if via_hook:
-            inner.register_step_pre_hook(lambda o, args, kwargs: setattr(w, "grad", pending.pop()))
+            inner.register_step_pre_hook(
+                lambda o, args, kwargs, w=w, pending=pending: setattr(w, "grad", pending.pop())
+            )
         for g in grads:
             if via_hook:
                 w.grad = None
@@ -71,3 +68,54 @@ def test_a_hook_on_the_inner_optimizer_that_sets_the_gradients_is_seen(name):
         results.append(w.detach().clone())
     assert torch.equal(results[0], results[1])
     assert not torch.equal(results[0], start - 0.1 * sum(grads))  # the regularizer acted
+
+
+def test_step_hooks_run_in_order_and_can_be_removed(wrapper_name):
+    model = make_model(sizes=(8, 16, 4))
+    opt = WRAPPERS[wrapper_name](torch.optim.SGD(model.parameters(), lr=0.1), rmsln={"reg_lambda": 1.0})
+    calls = []
+    h1 = opt.register_step_pre_hook(lambda o, a, k: calls.append(("pre", o)))
+    h2 = opt.register_step_post_hook(lambda o, a, k: calls.append(("post", o)))
+    train(model, opt, noise_batches(), 2)
+    assert calls == [("pre", opt), ("post", opt)] * 2
+    h1.remove()
+    h2.remove()
+    train(model, opt, noise_batches(), 1)
+    assert len(calls) == 4
+
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_rln_step_hooks_zero_grad_and_skipped_params():
+    model = make_model()
+    opt = RLNOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    calls = []
+    opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
+    ((x, y),) = batches(1)
+    # Only the first layer gets a gradient: the second is skipped entirely.
+    model[2].weight.requires_grad_(False)
+    before = model[2].weight.detach().clone()
+    train_step(model, opt, x, y)
+    assert calls == ["pre", "post"]
+    assert torch.equal(model[2].weight, before)
+    assert model[0].weight in opt.reg_state
+    assert model[2].weight not in opt.reg_state
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_state_dict_hooks_run(wrapper_name):
+    model = make_model()
+    opt = WRAPPERS[wrapper_name](torch.optim.Adam(model.parameters(), lr=1e-2))
+    train(model, opt, batches(1))
+    calls = []
+    opt.register_state_dict_pre_hook(lambda o: calls.append("save-pre"))
+    opt.register_state_dict_post_hook(lambda o, sd: {**sd, "extra": 1})
+    opt.register_load_state_dict_pre_hook(lambda o, sd: calls.append(("load-pre", sd.get("extra"))))
+    opt.register_load_state_dict_post_hook(lambda o: calls.append("load-post"))
+    sd = opt.state_dict()
+    assert sd["extra"] == 1
+    opt.load_state_dict(sd)
+    assert calls == ["save-pre", ("load-pre", 1), "load-post"]

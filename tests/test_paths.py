@@ -39,6 +39,7 @@ def test_compile_none_falls_back_with_one_warning_where_compile_fails(monkeypatc
     def broken_compile(fn, **kwargs):
         def run(*args):
             raise RuntimeError("InvalidCxxCompiler: no working C++ compiler")
+
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
@@ -49,17 +50,17 @@ def test_compile_none_falls_back_with_one_warning_where_compile_fails(monkeypatc
         _train(None)  # a second optimizer in the same process: no second warning
     messages = [str(c.message) for c in caught if issubclass(c.category, RuntimeWarning)]
     assert len(messages) == 1
-    assert "torch.compile does not work here" in messages[0] and "InvalidCxxCompiler" in messages[0]
+    assert "torch.compile does not work here" in messages[0]
+    assert "InvalidCxxCompiler" in messages[0]
     assert "compile=False" in messages[0]  # how to silence it
     w_eager, lam_eager = _train(False)
-    assert torch.equal(w_auto, w_eager) and torch.equal(lam_auto, lam_eager)
+    assert torch.equal(w_auto, w_eager)
+    assert torch.equal(lam_auto, lam_eager)
     with pytest.raises(RuntimeError, match=r"cannot build the RLN kernel.*use compile=None"):
         _train(True)
 
 
-def test_compile_none_runs_the_compiled_kernel_where_it_works():
-    if not rln_module.compiled_kernel_works(torch.device("cpu"), torch.float32):
-        pytest.skip("torch.compile does not work on this machine")
+def test_compile_none_runs_the_compiled_kernel_where_it_works(compiler):
     w = torch.nn.Parameter(torch.randn(4, 5))
     opt = RLNOptimizer(torch.optim.SGD([w], lr=0.1))
     assert opt.implementation(w.device, w.dtype, sharded=False) is rln_module._compiled_rln
@@ -96,10 +97,8 @@ def test_without_a_cxx_compiler_training_runs_eagerly_after_one_warning(tmp_path
     assert out.stdout.split() == ["1", "True", "True"], out.stdout + out.stderr[-2000:]
 
 
-def test_a_step_inside_an_outer_torch_compile_equals_eager():
+def test_a_step_inside_an_outer_torch_compile_equals_eager(compiler):
     """``torch.compile`` of a whole training step: the wrapper's kernel is traced as plain code."""
-    if not rln_module.compiled_kernel_works(torch.device("cpu"), torch.float32):
-        pytest.skip("torch.compile does not work on this machine")
     torch.manual_seed(0)
     model, twin = torch.nn.Linear(20, 5), torch.nn.Linear(20, 5)
     twin.load_state_dict(model.state_dict())

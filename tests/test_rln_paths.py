@@ -2,12 +2,13 @@
 
 import pytest
 import torch
+from helpers import INNER
 
 from torch_rln import RLNOptimizer
 from torch_rln.rln import _multi_tensor_rln, _single_tensor_rln
 
 
-def make_model(seed=0):
+def two_dtype_model(seed=0):
     torch.manual_seed(seed)
     model = torch.nn.Sequential(
         torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)
@@ -22,18 +23,11 @@ def forward(model, x):
     return model[4](h)
 
 
-INNER = {
-    "sgd_momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
-    "adam": lambda ps: torch.optim.Adam(ps, lr=0.01),
-    "adamw_foreach": lambda ps: torch.optim.AdamW(ps, lr=0.01, foreach=True),
-    "adamw_fused": lambda ps: torch.optim.AdamW(ps, lr=0.01, fused=True),
-    "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=1e-3, alpha=0.9, eps=1e-7),
-    "lbfgs": lambda ps: torch.optim.LBFGS(ps, lr=0.1, max_iter=4),  # lr 0.5 diverges once RLN moves the weights
-}
+PATH_INNER = ["sgd_momentum", "adam", "adamw_foreach", "adamw_fused", "rmsprop", "lbfgs"]
 
 
 def train(inner_name, foreach, steps=40):
-    model = make_model()
+    model = two_dtype_model()
     groups = [
         {"params": [model[0].weight], "norm": 1, "avg_reg": -5.0, "reg_lr": 1e4},
         {"params": [model[2].weight, model[4].weight], "norm": 2, "avg_reg": -4.0, "reg_lr": 1e3},
@@ -54,13 +48,13 @@ def train(inner_name, foreach, steps=40):
     return model, opt
 
 
-@pytest.mark.parametrize("inner_name", list(INNER))
+@pytest.mark.parametrize("inner_name", PATH_INNER)
 def test_foreach_equals_per_tensor(inner_name):
     model_a, opt_a = train(inner_name, foreach=True)
     model_b, opt_b = train(inner_name, foreach=False)
-    for p_a, p_b in zip(model_a.parameters(), model_b.parameters()):
+    for p_a, p_b in zip(model_a.parameters(), model_b.parameters(), strict=False):
         torch.testing.assert_close(p_a, p_b, rtol=0, atol=0)
-    for p_a, p_b in zip(opt_a.regularized_params(), opt_b.regularized_params()):
+    for p_a, p_b in zip(opt_a.regularized_params(), opt_b.regularized_params(), strict=False):
         for key in ("acc", "r_prev"):
             torch.testing.assert_close(opt_a.reg_state[p_a][key], opt_b.reg_state[p_b][key], rtol=0, atol=0)
     # The run did regularize: some weights were zeroed, and the coefficients moved.
@@ -80,10 +74,13 @@ def test_low_precision_params_keep_float32_state(dtype):
         acc = torch.full((30, 40), -3.0) + 0.5 * torch.randn(30, 40)
         r_prev = 0.01 * torch.randn(30, 40)
         fn([w], [acc], [r_prev], norm=1, avg_reg=-3.0, reg_lr=100.0, project=True)
-        assert acc.dtype == torch.float32 and r_prev.dtype == torch.float32 and w.dtype == dtype
-        assert torch.isfinite(w).all() and torch.isfinite(acc).all()
+        assert acc.dtype == torch.float32
+        assert r_prev.dtype == torch.float32
+        assert w.dtype == dtype
+        assert torch.isfinite(w).all()
+        assert torch.isfinite(acc).all()
         outs.append((w, acc, r_prev))
-    for a, b in zip(*outs):
+    for a, b in zip(*outs, strict=False):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert (outs[0][0] == 0).any()
 
@@ -99,12 +96,14 @@ def test_bfloat16_training_stays_finite():
         ((model(x) - y) ** 2).mean().backward()
         opt.step()
     for p in opt.regularized_params():
-        assert opt.lambdas(p).dtype == torch.float32 and opt.reg_state[p]["acc"].dtype == torch.float32
-        assert torch.isfinite(p).all() and torch.isfinite(opt.lambdas(p)).all()
+        assert opt.lambdas(p).dtype == torch.float32
+        assert opt.reg_state[p]["acc"].dtype == torch.float32
+        assert torch.isfinite(p).all()
+        assert torch.isfinite(opt.lambdas(p)).all()
     assert (model[0].weight == 0).any()
 
 
-def test_compiled_update_fullgraph_equals_eager():
+def test_compiled_update_fullgraph_equals_eager(compiler):
     """``torch.compile(fullgraph=True)`` of the update on CPU gives the eager result."""
     torch._dynamo.reset()
     results = []
@@ -126,7 +125,7 @@ def test_compiled_update_fullgraph_equals_eager():
     assert (w_eager == 0).any()
 
 
-def test_compiled_update_compiles_once_per_dtype_pair():
+def test_compiled_update_compiles_once_per_dtype_pair(compiler):
     """Norms, settings, shapes, ranks and stacked copies reuse one compiled kernel per
     (parameter dtype, state dtype); Dynamo's limit of 8 compilations per function is never
     reached by a process that trains many models (it would be a hard error with fullgraph)."""
@@ -137,15 +136,27 @@ def test_compiled_update_compiles_once_per_dtype_pair():
     dtypes = (torch.float32, torch.float64, torch.bfloat16)
     for dtype in dtypes:
         for norm in (1, 2):
-            for shape, batch_dims in (((5, 7), 0), ((1, 1), 0), ((3, 1, 4), 0), ((0, 3), 0), ((4, 6, 5), 1),
-                                      ((0, 3), 1)):
+            for shape, batch_dims in (
+                ((5, 7), 0),
+                ((1, 1), 0),
+                ((3, 1, 4), 0),
+                ((0, 3), 0),
+                ((4, 6, 5), 1),
+                ((0, 3), 1),
+            ):
                 torch.manual_seed(0)
                 w0 = 0.3 * torch.randn(shape)
                 results = []
                 for compile_ in (False, True):
                     w = torch.nn.Parameter(w0.to(dtype, copy=True))
-                    opt = RLNOptimizer(torch.optim.SGD([w], lr=0.05), norm=norm, avg_reg=-3.0 - norm,
-                                       reg_lr=50.0 * norm, batch_dims=batch_dims, compile=compile_)
+                    opt = RLNOptimizer(
+                        torch.optim.SGD([w], lr=0.05),
+                        norm=norm,
+                        avg_reg=-3.0 - norm,
+                        reg_lr=50.0 * norm,
+                        batch_dims=batch_dims,
+                        compile=compile_,
+                    )
                     g = torch.Generator().manual_seed(1)
                     for _ in range(4):
                         w.grad = 0.1 * torch.randn(shape, generator=g).to(dtype)
@@ -165,12 +176,19 @@ def test_weights_near_the_largest_float_stay_finite_on_every_path(dtype):
     results = []
     for path in ("per_tensor", "foreach", "compiled"):
         w = torch.nn.Parameter(torch.tensor([[3e38, 0.5, -0.25, 1.0]], dtype=dtype))
-        opt = RLNOptimizer(torch.optim.SGD([w], lr=1e-3), norm=1, avg_reg=-5.0, reg_lr=1.0,
-                           foreach=path != "per_tensor", compile=path == "compiled")
+        opt = RLNOptimizer(
+            torch.optim.SGD([w], lr=1e-3),
+            norm=1,
+            avg_reg=-5.0,
+            reg_lr=1.0,
+            foreach=path != "per_tensor",
+            compile=path == "compiled",
+        )
         for _ in range(3):
             w.grad = torch.full_like(w, 0.1)
             opt.step()
-        assert torch.isfinite(w).all() and torch.isfinite(opt.lambdas(w)).all(), path
+        assert torch.isfinite(w).all(), path
+        assert torch.isfinite(opt.lambdas(w)).all(), path
         results.append((w.detach().float(), opt.lambdas(w)))
     for w, lam in results[1:]:
         torch.testing.assert_close(w, results[0][0], rtol=1e-6, atol=0)

@@ -13,8 +13,9 @@ import math
 import numpy as np
 import pytest
 import torch
-
+from helpers import PATHS
 from reference import NumpyRLN
+
 from torch_rln import RLNOptimizer
 
 STEPS = 150
@@ -44,10 +45,7 @@ def run_both(norm, avg_reg, reg_lr, dtype, path, steps=STEPS):
     x, y, w0 = make_problem()
     ref = NumpyRLN(w0.shape, norm=norm, avg_reg=avg_reg, reg_lr=reg_lr)
     w = torch.nn.Parameter(torch.tensor(w0, dtype=dtype))
-    opt = RLNOptimizer(
-        torch.optim.SGD([w], lr=LR), norm=norm, avg_reg=avg_reg, reg_lr=reg_lr,
-        foreach=path == "foreach", compile=path == "compiled",
-    )
+    opt = RLNOptimizer(torch.optim.SGD([w], lr=LR), norm=norm, avg_reg=avg_reg, reg_lr=reg_lr, **PATHS[path])
     xt, yt = torch.tensor(x, dtype=dtype), torch.tensor(y, dtype=dtype)
     w_ref = w0.copy()
     for _ in range(steps):
@@ -58,8 +56,7 @@ def run_both(norm, avg_reg, reg_lr, dtype, path, steps=STEPS):
         yield w.detach(), opt.lambdas(w), opt.reg_state[w]["r_prev"], ref
 
 
-@pytest.mark.parametrize("path", ["foreach", "per_tensor", "compiled"])
-@pytest.mark.parametrize("norm,avg_reg,reg_lr", SETTINGS)
+@pytest.mark.parametrize(("norm", "avg_reg", "reg_lr"), SETTINGS)
 def test_float64_equals_reference(norm, avg_reg, reg_lr, path):
     zero_run = np.zeros((4, 12), dtype=int)
     longest_zero_run = 0
@@ -77,24 +74,24 @@ def test_float64_equals_reference(norm, avg_reg, reg_lr, path):
     assert np.all(np.isfinite(lam))
 
 
-@pytest.mark.parametrize("path", ["foreach", "compiled"])
-@pytest.mark.parametrize("norm,avg_reg,reg_lr", [SETTINGS[0], SETTINGS[2]])
+@pytest.mark.parametrize("path", ["foreach", "compiled"], indirect=True)
+@pytest.mark.parametrize(("norm", "avg_reg", "reg_lr"), [SETTINGS[0], SETTINGS[2]])
 def test_float32_close_to_reference_and_finite(norm, avg_reg, reg_lr, path):
     for w, lam, r_prev, ref in run_both(norm, avg_reg, reg_lr, torch.float32, path):
-        assert torch.isfinite(w).all() and torch.isfinite(lam).all() and torch.isfinite(r_prev).all()
+        assert torch.isfinite(w).all()
+        assert torch.isfinite(lam).all()
+        assert torch.isfinite(r_prev).all()
         np.testing.assert_allclose(w.double().numpy(), ref.w_prev, rtol=0, atol=1e-4)
         np.testing.assert_allclose(lam.double().numpy(), ref.lam, rtol=0, atol=1e-3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("path", ["foreach", "per_tensor", "compiled"])
 def test_pinned_weight_with_huge_coefficient_stays_zero_and_finite(dtype, path):
     g = torch.Generator().manual_seed(0)
     w = torch.nn.Parameter((0.1 * torch.randn(1, 1000, generator=g)).to(dtype))
     with torch.no_grad():
         w[0, :2] = 0.0  # two pinned weights (their gradient is always 0)
-    opt = RLNOptimizer(torch.optim.SGD([w], lr=0.01), norm=1, avg_reg=-6.0, reg_lr=10.0,
-                       foreach=path == "foreach", compile=path == "compiled")
+    opt = RLNOptimizer(torch.optim.SGD([w], lr=0.01), norm=1, avg_reg=-6.0, reg_lr=10.0, **PATHS[path])
     w.grad = torch.zeros_like(w)
     opt.step()  # creates the state
     overflow = 709.0 if dtype == torch.float64 else 88.0  # where exp overflows the state dtype
@@ -106,7 +103,8 @@ def test_pinned_weight_with_huge_coefficient_stays_zero_and_finite(dtype, path):
         lam, r_prev = opt.lambdas(w), opt.reg_state[w]["r_prev"]
         assert torch.count_nonzero(w[0, :2]).item() == 0
         assert torch.isfinite(w).all()
-        assert torch.isfinite(lam).all() and torch.isfinite(r_prev).all()
+        assert torch.isfinite(lam).all()
+        assert torch.isfinite(r_prev).all()
         assert torch.count_nonzero(r_prev[0, :2]).item() == 0
         assert (lam[0, :2] > overflow).all()  # uncapped: it stays past the overflow point
 
