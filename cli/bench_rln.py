@@ -98,7 +98,22 @@ def figures(report: dict[str, Any], out: Path) -> list[str]:
     return names
 
 
+def combine_runs(paths: list[str], out: Path, console: Console) -> tuple[int, str]:
+    """``--combine``: one report across the seeds of several runs' JSON files."""
+    console.rule("[bold]RLN vs L1 vs none: Boston housing + 1000 noise features, runs combined")
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    report = rln_analysis.combine(reports)
+    report["machine"] = reports[0].get("machine", {})
+    report["combined_from"] = [{"path": p, "seconds": r["seconds"]} for p, r in zip(paths, reports, strict=True)]
+    (out / "rln-boston.json").write_text(json.dumps(report, indent=2))
+    names = figures(report, out)
+    show_rln(report, console)
+    return (130 if report["interrupted"] else 0), rln_markdown(report, names)
+
+
 def run_rln(args: argparse.Namespace, device: str, out: Path, console: Console) -> tuple[int, str]:
+    if args.combine:
+        return combine_runs(args.combine, out, console)
     settings = rln_settings(args, device)
     if settings.compile and not rln_boston.compile_works(device):
         console.print(

@@ -170,6 +170,13 @@ def _rln_arguments(rln: argparse._ArgumentGroup) -> None:
         help="search with the mean over repeats that did not collapse (default: over all, as published)",
     )
     rln.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="JSON",
+        help="train nothing: one report across the seeds of runs made apart (their rln-boston.json files, "
+        "e.g. one process per seed), with the summary of --seeds",
+    )
+    rln.add_argument(
         "--rln-grid", type=_rln_grid, help="THETA:LOG10NU pairs, e.g. -10:6,-8:6 (default -8:6,-10:5,-10:6,-10:7,-12:6)"
     )
 
@@ -202,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.combine and args.experiment != "rln":
+        parser.error("--combine: name the experiment, as in `torch-rln bench rln --combine a.json b.json`")
     from .bench import run_bench
 
     return run_bench(args, parser)

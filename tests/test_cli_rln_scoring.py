@@ -250,3 +250,24 @@ def test_single_seed_json_keeps_the_top_level_layout(monkeypatch, tmp_path):
     assert report["best"]["none"]["depth"] == 3 and "exclude-collapsed" in report["depth_rule"]
     assert report["best"]["none"]["collapsed"] == [3]
     assert report["vs_published"]["l1"]["stds"] == pytest.approx((140 - 48.57) / 4.31)  # mean of 40, 40, 40, 440
+
+
+def test_runs_made_apart_combine_into_the_several_seed_report(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(rln_boston.Experiment, "train", fake_train(SCORES))
+    common = ["--quick", "--depths", "2,3,4", "--l1-values", "0.1", "--rln-grid=-10:6"]
+    assert cli_main.main(["bench", "rln", *common, "--seeds", "0,1", "--out", str(tmp_path / "together")]) == 0
+    for seed in (0, 1):
+        assert cli_main.main(["bench", "rln", *common, "--seed", str(seed), "--out", str(tmp_path / f"s{seed}")]) == 0
+    parts = [str(tmp_path / f"s{seed}" / "rln-boston.json") for seed in (0, 1)]
+    assert cli_main.main(["bench", "rln", "--combine", *parts, "--out", str(tmp_path / "combined")]) == 0
+    together = json.loads((tmp_path / "together" / "rln-boston.json").read_text())
+    combined = json.loads((tmp_path / "combined" / "rln-boston.json").read_text())
+    assert combined["summary"] == together["summary"]
+    assert [s["best"] for s in combined["seeds"]] == [s["best"] for s in together["seeds"]]
+    assert "across 2 seeds" in (tmp_path / "combined" / "report.md").read_text()
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="share a seed"):
+        cli_main.main(["bench", "rln", "--combine", parts[0], parts[0], "--out", str(tmp_path / "twice")])
+    with pytest.raises(SystemExit):
+        cli_main.main(["bench", "--combine", parts[0]])
+    assert "name the experiment" in capsys.readouterr().err
