@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 
 from .rmsln_mnist1d import MODELS, PUBLISHED
+from .stats import paired
 from .tables import TableSpec
 
 
@@ -113,9 +114,19 @@ def penalty_line(inv: dict[str, Any]) -> str:
     )
 
 
+def control_line(inv: dict[str, Any]) -> str:
+    rows = {row["name"]: row for row in inv["definitions"]}
+    c = paired(rows["adam"]["final_val_loss"], rows["library"]["final_val_loss"])
+    ci = "" if c["ci95"] is None else f", 95% t interval [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]"
+    return (
+        f"RMSLN itself at full batch: the library's RMSLN minus plain Adam at the same lr, paired by seed: "
+        f"{c['mean']:+.4f}{ci} over {c['n']} seeds."
+    )
+
+
 def investigation_lines(report: dict[str, Any]) -> list[str]:
     inv = report.get("investigation")
-    return [batch_line(inv), penalty_line(inv)] if inv else []
+    return [batch_line(inv), penalty_line(inv), control_line(inv)] if inv else []
 
 
 def settings_line(report: dict[str, Any]) -> str:

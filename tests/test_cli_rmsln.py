@@ -88,7 +88,8 @@ def test_quick_run_end_to_end(tmp_path, capsys):
     assert (tmp_path / "rmsln-mnist1d-curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## RMSLN vs Adam" in (tmp_path / "report.md").read_text()
     assert "1.3054" in out and "Published claim" in out
-    assert "candidate definitions at full batch" in (tmp_path / "report.md").read_text()
+    text = (tmp_path / "report.md").read_text()
+    assert "candidate definitions at full batch" in text and "minus plain Adam at the same lr" in text
 
 
 def test_published_protocol_trains_full_batch_unless_told():
