@@ -149,14 +149,17 @@ def rln_features_plot(report: dict[str, Any], path: Path) -> Path:
         idx = np.arange(len(importance))
         ax.scatter(idx[REAL_FEATURES:], importance[REAL_FEATURES:], s=4, color="tab:gray", label="noise features")
         ax.scatter(idx[:REAL_FEATURES], importance[:REAL_FEATURES], s=18, color="tab:red", label="the 13 real features")
-        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_ylim(bottom=0)  # an eliminated input sits at 0
         best = report["best"][name]
+        eliminated = (
+            f", {features.get('eliminated_mean', 0):.1f} inputs eliminated" if "eliminated_mean" in features else ""
+        )
         ax.set_title(
             f"{config_label(best)}: {features['real_in_top13_mean']:.1f} of 13 real features in the top 13, "
-            f"{features['zero_fraction_mean']:.1%} of first-layer weights exactly 0",
+            f"{features['zero_fraction_mean']:.1%} of first-layer weights exactly 0{eliminated}",
             fontsize=9,
         )
-        ax.set_ylabel("sum |W| (mean)")
+        ax.set_ylabel("sum |W| (mean over repeats)")
         ax.legend(loc="upper right", fontsize=8)
     axes[-1, 0].set_xlabel("input feature (0-12 real, then noise)")
     fig.tight_layout()
