@@ -119,9 +119,14 @@ def verdicts(result: Result) -> list[dict[str, Any]]:
 
 
 def depth_rule(settings: Settings) -> str:
-    if settings.exclude_collapsed:
-        return "--exclude-collapsed: the mean over the repeats that did not collapse"
-    return "the published protocol's: the mean over all repeats, collapsed ones included"
+    return rule_text(settings.exclude_collapsed)
+
+
+def rule_text(exclude_collapsed: bool) -> str:
+    """The rule that compares configurations in the search, in words."""
+    if exclude_collapsed:
+        return "the rule of --exclude-collapsed: the mean over the repeats that did not collapse"
+    return "the published protocol's rule: the mean over all repeats, collapsed ones included"
 
 
 def best_json(run: Run) -> dict[str, Any]:
