@@ -116,11 +116,11 @@ def features_table(result: dict[str, Any]) -> TableSpec:
 
 
 def summary_table(summary: dict[str, Any]) -> TableSpec:
-    seeds = len(summary["seeds"])
     table = TableSpec(
-        f"Best model of each seed, across {seeds} seeds: mean [95% t interval]",
+        "Best model of each seed, across the seeds where its search finished: mean [95% t interval]",
         [
             "model",
+            "seeds",
             "test MSE",
             "as Keras reports",
             "published (as Keras reports)",
@@ -133,6 +133,7 @@ def summary_table(summary: dict[str, Any]) -> TableSpec:
         stds = b["published_stds"]
         table.add(
             name,
+            ", ".join(map(str, b["seeds"])) or "none",
             _ci(b["mse_mean"], b["mse_ci95"]),
             _ci(b["keras_loss_mean"], b["keras_loss_ci95"]),
             _ms(p["mse_mean"], p["mse_std"]),

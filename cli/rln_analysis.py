@@ -193,32 +193,59 @@ def selection_label(settings: Settings) -> str:
     return f"validation split ({settings.validation_fraction:.0%} of the training set); test scored once"
 
 
+def finished_models(result: Result) -> list[str]:
+    """The models whose search ran to its end and whose final scores exist. The searches run
+    in the order of :data:`MODELS`, so one has ended when the next has started; the last
+    one when the protocol was not interrupted."""
+    started = {run.config["model"] for run in result.runs}
+    scored = best_scores(result)
+    out = []
+    for k, name in enumerate(MODELS):
+        ended = any(m in started for m in MODELS[k + 1 :]) or not result.interrupted
+        if ended and name in scored:
+            out.append(name)
+    return out
+
+
+def _best_summary(name: str, results: list[Result]) -> dict[str, Any]:
+    """One model's best scores across the seeds where its search finished."""
+    per_seed = [best_scores(r)[name] for r in results]
+    mse = [float(np.mean(m)) for m, _ in per_seed]
+    keras = [float(np.mean(k)) for _, k in per_seed]
+    mse_mean, mse_ci = mean_ci95(mse)
+    keras_mean, keras_ci = mean_ci95(keras)
+    p = PUBLISHED[name]
+    return {
+        "seeds": [r.settings.seed for r in results],
+        "mse_mean": mse_mean if results else None,
+        "mse_ci95": mse_ci,
+        "keras_loss_mean": keras_mean if results else None,
+        "keras_loss_ci95": keras_ci,
+        "mse_per_seed": mse,
+        "keras_loss_per_seed": keras,
+        "collapsed_per_seed": [len(r.best[name].collapsed) for r in results],
+        "published_stds": (keras_mean - p["mse_mean"]) / p["mse_std"] if results else None,
+    }
+
+
+def _selected(by_model: dict[str, list[Result]]) -> dict[str, dict[str, int]]:
+    counts: dict[str, Counter[str]] = {"depth": Counter(), "l1": Counter(), "rln": Counter()}
+    for r in by_model["none"]:
+        counts["depth"][str(r.best["none"].config["depth"])] += 1
+    for r in by_model["l1"]:
+        counts["l1"][f"{r.best['l1'].config['l1']:g}"] += 1
+    for r in by_model["rln"]:
+        counts["rln"][f"{r.best['rln'].config['theta']:g}:{r.best['rln'].config['log10_nu']:g}"] += 1
+    return {k: dict(v) for k, v in counts.items()}
+
+
 def summary(results: list[Result]) -> dict[str, Any]:
-    """Across the seeds that finished: what was selected how often, each best model's mean
-    score with a 95% t interval, how often each published claim held, and the distance
-    of each mean from the published one in published stds."""
-    done = [r for r in results if not r.interrupted and set(MODELS) <= set(r.best)]
-    selected: dict[str, Counter[str]] = {"depth": Counter(), "l1": Counter(), "rln": Counter()}
-    for r in done:
-        selected["depth"][str(r.best["none"].config["depth"])] += 1
-        selected["l1"][f"{r.best['l1'].config['l1']:g}"] += 1
-        selected["rln"][f"{r.best['rln'].config['theta']:g}:{r.best['rln'].config['log10_nu']:g}"] += 1
-    best = {}
-    for name in MODELS:
-        per_seed = [best_scores(r)[name] for r in done]
-        mse_mean, mse_ci = mean_ci95([float(np.mean(m)) for m, _ in per_seed])
-        keras_mean, keras_ci = mean_ci95([float(np.mean(k)) for _, k in per_seed])
-        p = PUBLISHED[name]
-        best[name] = {
-            "mse_mean": mse_mean,
-            "mse_ci95": mse_ci,
-            "keras_loss_mean": keras_mean,
-            "keras_loss_ci95": keras_ci,
-            "mse_per_seed": [float(np.mean(m)) for m, _ in per_seed],
-            "keras_loss_per_seed": [float(np.mean(k)) for _, k in per_seed],
-            "collapsed_per_seed": [len(r.best[name].collapsed) for r in done],
-            "published_stds": (keras_mean - p["mse_mean"]) / p["mse_std"] if done else None,
-        }
+    """Across the seeds: what was selected how often, each best model's mean score with a 95%
+    t interval, how often each published claim held, and the distance of each mean from the
+    published one in published stds. A model counts in the seeds where its search finished
+    (an interrupted seed keeps the models it finished); the claims, in the seeds where all did."""
+    by_model = {name: [r for r in results if name in finished_models(r)] for name in MODELS}
+    done = [r for r in results if set(MODELS) <= set(finished_models(r))]
     claims: dict[str, dict[str, Any]] = {}
     for r in done:
         for v in verdicts(r):
@@ -227,8 +254,8 @@ def summary(results: list[Result]) -> dict[str, Any]:
             c["seeds"] += 1
     return {
         "seeds": [r.settings.seed for r in done],
-        "selected": {k: dict(v) for k, v in selected.items()},
-        "best": best,
+        "selected": _selected(by_model),
+        "best": {name: _best_summary(name, by_model[name]) for name in MODELS},
         "claims": claims,
     }
 
@@ -282,6 +309,7 @@ def result_from_json(entry: dict[str, Any], protocol: str) -> Result:
         exclude_collapsed=s["exclude_collapsed"],
     )
     result = Result(settings, interrupted=entry["interrupted"], seconds=entry["seconds"])
+    result.runs = [run_from_json(run) for run in entry["runs"]]
     result.best = {name: run_from_json(best) for name, best in entry["best"].items()}
     return result
 

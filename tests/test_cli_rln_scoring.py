@@ -137,7 +137,12 @@ def test_seed_summary_counts_selections_and_gives_t_intervals():
     assert s["claims"]["theta_small"]["held"] == 2  # seed 2: 0.1 / exp(-2) = 0.74, not >= 100
     interrupted = make_result(3, 2, [1.0], [1.0], [1.0])
     interrupted.interrupted = True
-    assert rln_analysis.summary([*results, interrupted])["seeds"] == [0, 1, 2]
+    # Interrupted during its RLN grid: its none and L1 searches had ended, and count; RLN and the claims do not.
+    partial = rln_analysis.summary([*results, interrupted])
+    assert partial["seeds"] == [0, 1, 2]
+    assert partial["best"]["l1"]["seeds"] == [0, 1, 2, 3] and partial["best"]["rln"]["seeds"] == [0, 1, 2]
+    assert partial["selected"]["depth"] == {"4": 2, "3": 1, "2": 1}
+    assert partial["claims"]["ranking_mse"]["seeds"] == 3
 
 
 @pytest.mark.parametrize(("given", "seed", "expected"), [(None, 5, [5]), (3, 5, [5, 6, 7]), ([0, 2], 5, [0, 2])])
@@ -225,7 +230,7 @@ def test_several_seeds_json_report_and_plot(monkeypatch, tmp_path, capsys):
     assert {"ranking_as_published", "ranking_mse", "theta_small"} == set(summary["claims"])
     text = (tmp_path / "report.md").read_text()
     assert "How this run differs from the published one" in text and "1 (#3 by epoch 8)" in text
-    assert "across 2 seeds" in text and "held in" in out
+    assert "| rln | 0, 1 |" in text and "held in" in out
     assert (tmp_path / "rln-boston-mse.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -264,7 +269,7 @@ def test_runs_made_apart_combine_into_the_several_seed_report(monkeypatch, tmp_p
     combined = json.loads((tmp_path / "combined" / "rln-boston.json").read_text())
     assert combined["summary"] == together["summary"]
     assert [s["best"] for s in combined["seeds"]] == [s["best"] for s in together["seeds"]]
-    assert "across 2 seeds" in (tmp_path / "combined" / "report.md").read_text()
+    assert "| rln | 0, 1 |" in (tmp_path / "combined" / "report.md").read_text()
     capsys.readouterr()
     with pytest.raises(ValueError, match="share a seed"):
         cli_main.main(["bench", "rln", "--combine", parts[0], parts[0], "--out", str(tmp_path / "twice")])
