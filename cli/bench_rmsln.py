@@ -31,6 +31,8 @@ def rmsln_settings(args: argparse.Namespace, device: str) -> rmsln_mnist1d.Setti
         settings.seeds = args.seeds
     if args.heartbeat is not None:
         settings.heartbeat_seconds = args.heartbeat
+    if args.trial_epochs is None and not args.quick and settings.protocol == "published" and not args.batch_size:
+        settings.trial_epochs = settings.epochs  # full batch: a trial of the final length is 100 cheap steps
     settings.investigate = settings.protocol == "published"
     return settings
 

@@ -65,7 +65,7 @@ except ImportError:  # the bench extra is missing: the CLI says so before this i
 @dataclass
 class Settings:
     trials: int = 50
-    trial_epochs: int = 30
+    trial_epochs: int = 30  # the command uses ``epochs`` at full batch (published), where trials are cheap
     epochs: int = 100
     seeds: int = 5
     hidden: tuple[int, ...] = (100, 100)
@@ -220,10 +220,13 @@ def suggest(trial: Any, model_name: str) -> dict[str, float]:
     return params
 
 
-def study_name(settings: Settings, model_name: str) -> str:
+def study_name(settings: Settings, model_name: str, batch_size: int) -> str:
+    """The study's name: ``--study-name``'s, or one that names what its trials measured, so that
+    a rerun in the same storage resumes only a study of the same protocol, batch and length."""
     if settings.study_name:
         return f"{settings.study_name}-{model_name}"
-    return f"{EXPERIMENT}-{model_name}-{settings.protocol}-seed{settings.seed}"
+    s = settings
+    return f"{EXPERIMENT}-{model_name}-{s.protocol}-seed{s.seed}-batch{batch_size}-{s.trial_epochs}epochs"
 
 
 def make_storage(url: str, heartbeat_seconds: int) -> Any:
@@ -292,7 +295,7 @@ class Experiment:
 
         s = self.settings
         return optuna.create_study(
-            study_name=study_name(s, model_name),
+            study_name=study_name(s, model_name, self.batch_size),
             storage=make_storage(self.storage_url, s.heartbeat_seconds),
             direction="minimize",
             sampler=optuna.samplers.TPESampler(seed=s.seed),

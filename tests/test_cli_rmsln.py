@@ -141,7 +141,7 @@ def count_trainings(monkeypatch):
 
 def finished(tmp_path, model):
     storage = f"sqlite:///{tmp_path / 'optuna-rmsln-mnist1d.db'}"
-    study = optuna.load_study(study_name=f"rmsln-mnist1d-{model}-published-seed0", storage=storage)
+    study = optuna.load_study(study_name=f"rmsln-mnist1d-{model}-published-seed0-batch4000-3epochs", storage=storage)
     states = [t.state for t in study.trials]
     return states.count(optuna.trial.TrialState.COMPLETE) + states.count(optuna.trial.TrialState.PRUNED), states
 
