@@ -186,7 +186,9 @@ def rmsln_curves_plot(report: dict[str, Any], path: Path) -> Path:
             )
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation loss (cross-entropy)")
-    ax.set_title(f"MNIST-1D: Adam vs Adam + RMSLN ({report['protocol']} protocol)")
+    ax.set_title(
+        f"MNIST-1D: Adam vs Adam + RMSLN ({report['protocol']} protocol, batch {report['settings']['batch_size']})"
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
