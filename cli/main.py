@@ -128,7 +128,11 @@ def _common_arguments(bench: argparse.ArgumentParser) -> None:
 
 def _rmsln_arguments(rmsln: argparse._ArgumentGroup) -> None:
     rmsln.add_argument("--trials", type=_positive_int("--trials"), help="Optuna trials per model (default 50)")
-    rmsln.add_argument("--trial-epochs", type=_positive_int("--trial-epochs"), help="epochs per trial (default 30)")
+    rmsln.add_argument(
+        "--trial-epochs",
+        type=_positive_int("--trial-epochs"),
+        help="epochs per trial (default: --epochs at full batch under --protocol published, else 30)",
+    )
     rmsln.add_argument(
         "--batch-size",
         type=_positive_int("--batch-size"),
