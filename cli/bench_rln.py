@@ -93,7 +93,8 @@ def figures(report: dict[str, Any], out: Path) -> list[str]:
     names = []
     if report.get("runs") or report.get("seeds"):
         names.append(rln_scores_plot(report, out / "rln-boston-mse.png").name)
-    if report.get("features"):
+    first = report["seeds"][0] if report.get("seeds") else report
+    if first.get("features"):
         names.append(rln_features_plot(report, out / "rln-boston-features.png").name)
     return names
 
