@@ -221,14 +221,37 @@ def scoring_paragraph(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _score_range(scores: list[float]) -> str:
+    if not scores:
+        return ""
+    low, high = min(scores), max(scores)
+    return f", scoring {low:.1f} in test MSE" if f"{low:.1f}" == f"{high:.1f}" else f", scoring {low:.1f} to {high:.1f}"
+
+
+def depth_if_excluded(report: dict[str, Any]) -> list[str]:
+    """Per seed whose depth search met a collapse: the depth the mean over live repeats picks
+    among the depths tried (a search under that rule might have gone deeper)."""
+    notes = []
+    for suffix, result in seed_results(report):
+        tried = [r for r in result["runs"] if r["model"] == "none" and r["mse_mean_alive"] is not None]
+        if not any(r["collapsed"] for r in tried) or "none" not in result["best"]:
+            continue
+        alive = min(tried, key=lambda r: r["mse_mean_alive"])
+        chosen = result["best"]["none"]["depth"]
+        where = suffix.strip(", ") or "this run"
+        notes.append(f"{where}: depth {alive['depth']} ({alive['mse_mean_alive']:.2f}) against the chosen {chosen}")
+    if not notes:
+        return []
+    return ["Among the depths tried, the mean over the repeats that did not collapse picks: " + "; ".join(notes) + "."]
+
+
 def collapse_paragraph(report: dict[str, Any]) -> list[str]:
     runs = _all_runs(report)
     trained = sum(r["repeats"] for r in runs)
     hit = [r for r in runs if r["collapsed"]]
     count = sum(len(r["collapsed"]) for r in hit)
-    scores = [r["mse"][i] for r in hit for i in r["collapsed"]]
+    score = _score_range([r["mse"][i] for r in hit for i in r["collapsed"]])
     where = "; ".join(f"{config_label(r)}: {len(r['collapsed'])}" for r in hit) or "none"
-    score = f", scoring {min(scores):.1f} to {max(scores):.1f} in test MSE" if scores else ""
     return [
         "- **Collapsed repeats.** A repeat has *collapsed* when its network no longer responds to its input: "
         "its predictions on the training set have a std below 1e-3 of the targets' std, or a hidden layer has no "
@@ -237,8 +260,9 @@ def collapse_paragraph(report: dict[str, Any]) -> list[str]:
         "and the score is the MSE of a constant. Checked after epochs 1, 2, 4, ..., 64 and the last. "
         f"In this run {count} of {trained} trained repeats collapsed{score} (by configuration: {where}). "
         "The published protocol's search keeps them in the mean, and one such repeat can move the chosen depth; "
-        "`--exclude-collapsed` searches with the mean over the others instead. The Keras original could "
-        "collapse in the same way, and nothing in its output would say so."
+        "`--exclude-collapsed` searches with the mean over the others instead. "
+        + " ".join(depth_if_excluded(report))
+        + " The Keras original could collapse in the same way, and nothing in its output would say so."
     ]
 
 
