@@ -11,8 +11,8 @@ import torch
 pytest.importorskip("rich")
 pytest.importorskip("matplotlib")
 
+from torch_rln_cli import bench_rln, rln_analysis, rln_boston, stats
 from torch_rln_cli import main as cli_main
-from torch_rln_cli import rln_analysis, rln_boston, stats
 from torch_rln_cli.bench_rln import seed_list
 from torch_rln_cli.stacked import StackedMLP, collapsed
 
@@ -236,6 +236,7 @@ def test_several_seeds_json_report_and_plot(monkeypatch, tmp_path, capsys):
 
 def test_single_seed_json_keeps_the_top_level_layout(monkeypatch, tmp_path):
     monkeypatch.setattr(rln_boston.Experiment, "train", fake_train(SCORES))
+    monkeypatch.setattr(bench_rln, "figures", lambda report, out: [])
     argv = [
         "bench",
         "rln",
@@ -259,6 +260,7 @@ def test_single_seed_json_keeps_the_top_level_layout(monkeypatch, tmp_path):
 
 def test_runs_made_apart_combine_into_the_several_seed_report(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(rln_boston.Experiment, "train", fake_train(SCORES))
+    monkeypatch.setattr(bench_rln, "figures", lambda report, out: [])  # the figures are tested above
     common = ["--quick", "--depths", "2,3,4", "--l1-values", "0.1", "--rln-grid=-10:6"]
     assert cli_main.main(["bench", "rln", *common, "--seeds", "0,1", "--out", str(tmp_path / "together")]) == 0
     for seed in (0, 1):
