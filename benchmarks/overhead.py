@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -50,6 +49,7 @@ import torch
 from torch_rln import RLNOptimizer, RMSLNWrapper
 from torch_rln.rln import _compiled_rln, _multi_tensor_rln, compiled_kernel_works
 from torch_rln.rmsln import _multi_tensor_rmsln
+from torch_rln_cli.machine import machine
 
 RATIO_KEYS = (
     "rln_pass_vs_floor",
@@ -105,22 +105,6 @@ def interleaved_medians(
             _sync(device)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
-
-
-def machine(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(), "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 # ---------------------------------------------------------------------- models

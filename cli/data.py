@@ -20,14 +20,17 @@ def _read_boston() -> tuple[np.ndarray, np.ndarray]:
     text = resources.files(__package__).joinpath("boston_housing.csv").read_text()
     rows = list(csv.reader(text.splitlines()))
     header, body = rows[0], rows[1:]
-    expected = list(BOSTON_FEATURES) + ["MEDV"]
+    expected = [*BOSTON_FEATURES, "MEDV"]
     if header != expected:
         raise RuntimeError(f"boston_housing.csv has columns {header}, expected {expected}")
     table = np.array(body, dtype=np.float64)
     return table[:, :-1], table[:, -1]
 
 
-def load_boston_housing(noise_features: int = 1000, seed: int = 0):
+Arrays = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def load_boston_housing(noise_features: int = 1000, seed: int = 0) -> Arrays:
     """Boston housing with the Keras split, plus standard-normal noise features.
 
     The 506 rows are shuffled with ``numpy.random.RandomState(113).shuffle`` and the first
@@ -63,7 +66,7 @@ def standardize(x_train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     return [(a - mean) / std for a in (x_train, *others)]
 
 
-def load_mnist1d():
+def load_mnist1d() -> Arrays:
     """MNIST-1D (Greydanus, 2020), regenerated offline with the published arguments.
 
     ``mnist1d.data.make_dataset(mnist1d.data.get_dataset_args())`` rebuilds the frozen

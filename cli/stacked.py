@@ -11,6 +11,7 @@ repeat), so the stack trains exactly as R separate models would.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -24,12 +25,12 @@ def geometric_widths(input_dim: int, depth: int) -> list[int]:
     """Hidden widths ``round(exp(log(D) * k / depth))`` for ``k = depth-1 .. 1``, as the
     RLN tutorial's ``int(np.round(np.exp(np.log(INPUT_DIM) * np.arange(depth - 1, 0, -1) / depth)))``.
 
-    For D = 1013: depth 2 gives [32], depth 4 gives [180, 32, 6] (1013 ** 0.75 = 179.58;
-    "179" in our issue tracker was a rounding slip).
+    For D = 1013: depth 2 gives [32], depth 4 gives [180, 32, 6] (1013 ** 0.75 = 179.58
+    rounds to 180).
     """
     if depth < 2:
         raise ValueError(f"Invalid depth: {depth} (expected >= 2)")
-    return [int(round(math.exp(math.log(input_dim) * k / depth))) for k in range(depth - 1, 0, -1)]
+    return [round(math.exp(math.log(input_dim) * k / depth)) for k in range(depth - 1, 0, -1)]
 
 
 def glorot_normal_(weight: Tensor, generator: torch.Generator) -> Tensor:
@@ -54,7 +55,7 @@ class StackedMLP(torch.nn.Module):
         super().__init__()
         self.weights = torch.nn.ParameterList()
         self.biases = torch.nn.ParameterList()
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        for fan_in, fan_out in itertools.pairwise(sizes):
             w = torch.nn.Parameter(torch.empty(repeats, fan_out, fan_in))
             glorot_normal_(w, generator)
             self.weights.append(w)
@@ -62,12 +63,40 @@ class StackedMLP(torch.nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: ``(R, B, in)`` -> ``(R, B, out)``."""
+        return self.layers(x)[-1]
+
+    def layers(self, x: Tensor) -> list[Tensor]:
+        """Every layer's output for ``x`` ``(R, B, in)``: the hidden ones after ReLU, then the output."""
+        outputs = []
         last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             x = torch.baddbmm(b, x, w.transpose(1, 2))
             if i < last:
                 x = torch.relu(x)
-        return x
+            outputs.append(x)
+        return outputs
+
+
+COLLAPSE_STD_RATIO = 1e-3
+
+
+@torch.no_grad()
+def collapsed(model: StackedMLP, x: Tensor, target_std: float) -> Tensor:
+    """Which repeats have collapsed: a ``(R,)`` bool tensor.
+
+    A repeat has collapsed when its network no longer responds to its input: its
+    predictions on ``x`` (the training inputs, shared by all repeats) have a std below
+    :data:`COLLAPSE_STD_RATIO` times ``target_std`` (the training targets' std), or some
+    hidden layer has no unit active on any row of ``x``. Such a layer passes only zeros
+    on, so the output is a constant of the later biases, and no gradient reaches any
+    weight before it: with RMSprop it cannot recover. Its score is the MSE of a constant.
+    """
+    outputs = model.layers(x.expand(model.weights[0].shape[0], -1, -1))
+    dead = torch.zeros(outputs[-1].shape[0], dtype=torch.bool, device=x.device)
+    for hidden in outputs[:-1]:
+        dead |= ~(hidden > 0).flatten(1).any(dim=1)
+    constant = outputs[-1].flatten(1).std(dim=1) < COLLAPSE_STD_RATIO * target_std
+    return dead | constant
 
 
 def train_stacked(
@@ -87,7 +116,8 @@ def train_stacked(
     """Train every repeat on its own shuffle of ``(x, y)`` (shared across repeats).
 
     ``loss_fn(pred, target)`` returns one loss per repeat, shape ``(R,)``; their sum is
-    minimized, plus ``penalty()`` if given (a sum of per-repeat penalties).
+    minimized, plus ``penalty()`` if given (a sum of per-repeat penalties). ``on_step()``
+    runs after every step, ``on_epoch(epoch)`` (0-based) after every epoch.
     """
     repeats, n = model.weights[0].shape[0], x.shape[0]
     device = x.device

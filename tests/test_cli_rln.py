@@ -12,7 +12,7 @@ pytest.importorskip("matplotlib")
 
 from torch_rln import RLNOptimizer  # noqa: E402
 from torch_rln_cli import main as cli_main  # noqa: E402
-from torch_rln_cli import rln_boston  # noqa: E402
+from torch_rln_cli import rln_analysis, rln_boston  # noqa: E402
 from torch_rln_cli.data import load_boston_housing, standardize  # noqa: E402
 from torch_rln_cli.stacked import StackedMLP, geometric_widths, glorot_normal_  # noqa: E402
 
@@ -104,7 +104,7 @@ def test_feature_recovery_counts():
     first = np.zeros((2, 4, 20))
     first[0, :, :13] = 1.0  # all 13 real features on top
     first[1, :, 7:20] = 1.0  # 6 real features among the top 13
-    f = rln_boston.feature_recovery(first)
+    f = rln_analysis.feature_recovery(first)
     assert f["real_in_top13"] == [13, 6]
     assert f["zero_fraction"] == [pytest.approx(7 / 20), pytest.approx(7 / 20)]
 

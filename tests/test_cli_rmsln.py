@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("optuna")
 pytest.importorskip("mnist1d")
@@ -12,8 +13,11 @@ pytest.importorskip("rich")
 
 import optuna  # noqa: E402
 
+from torch_rln import rms_penalty  # noqa: E402
+
 from torch_rln_cli import main as cli_main  # noqa: E402
-from torch_rln_cli import rmsln_mnist1d  # noqa: E402
+from torch_rln_cli import rmsln_investigation, rmsln_mnist1d, stats  # noqa: E402
+from torch_rln_cli.bench_rmsln import rmsln_settings  # noqa: E402
 from torch_rln_cli.data import load_mnist1d  # noqa: E402
 
 QUICK = ["bench", "rmsln", "--quick", "--device", "cpu"]
@@ -35,11 +39,11 @@ def test_mnist1d_matches_the_published_frozen_set(mnist1d):
 
 
 def test_paired_interval_uses_student_t():
-    c = rmsln_mnist1d.paired([0.0, 0.0, 0.0], [1.0, 2.0, 3.0])
+    c = stats.paired([0.0, 0.0, 0.0], [1.0, 2.0, 3.0])
     assert c["mean"] == 2.0 and c["differences"] == [1.0, 2.0, 3.0]
     half = 4.303 * 1.0 / math.sqrt(3)
     assert c["ci95"] == pytest.approx([2.0 - half, 2.0 + half])
-    assert rmsln_mnist1d.paired([1.0], [2.0])["ci95"] is None
+    assert stats.paired([1.0], [2.0])["ci95"] is None
 
 
 @pytest.mark.parametrize(
@@ -73,9 +77,46 @@ def test_quick_run_end_to_end(tmp_path, capsys):
         assert len(final["curves"]) == 2 and all(len(c) == 5 for c in final["curves"])
         assert min(final["curves"][0]) == pytest.approx(final["min_val_loss"][0])
     assert "verdict" in report["comparison"]
+    assert report["settings"]["batch_size"] == 4000 and report["settings"]["full_batch"] is True
+    investigation = report["investigation"]
+    assert [row["batch"] for row in investigation["batches"]] == [4000, 1000, 512, 128]
+    rows = {row["name"]: row for row in investigation["definitions"]}
+    assert set(rmsln_investigation.candidates()) == set(rows)
+    # The library's wrapper and the same penalty written as a loss term train alike.
+    assert rows["library"]["mean"] == pytest.approx(rows["library_as_loss"]["mean"], abs=1e-4)
+    assert investigation["closest"]["name"] in rows
     assert (tmp_path / "rmsln-mnist1d-curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## RMSLN vs Adam" in (tmp_path / "report.md").read_text()
     assert "1.3054" in out and "Published claim" in out
+    text = (tmp_path / "report.md").read_text()
+    assert "candidate definitions at full batch" in text and "minus plain Adam at the same lr" in text
+
+
+def test_published_protocol_trains_full_batch_unless_told():
+    assert rmsln_mnist1d.Settings().batch(4000) == 4000
+    assert rmsln_mnist1d.Settings(protocol="holdout").batch(3200) == 100
+    assert rmsln_mnist1d.Settings(batch_size=100).batch(4000) == 100
+    args = cli_main.build_parser().parse_args(["bench", "rmsln", "--batch-size", "128", "--seeds", "3,5"])
+    settings = rmsln_settings(args, "cpu")
+    assert settings.batch_size == 128 and settings.final_seeds() == [3, 5]
+
+
+def test_candidate_penalties_by_hand():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.Linear(2, 1))
+    with torch.no_grad():
+        model[0].weight.fill_(0.5)  # rms 0.5, norm sqrt(8 * 0.25) = sqrt(2), sum of squares 2
+        model[0].bias.fill_(2.0)  # rms 2
+        model[1].weight.fill_(1.0)  # rms 1: no penalty under target 1
+        model[1].bias.fill_(1.0)
+    penalty = rmsln_investigation.rms_penalty
+    assert penalty(reg_lambda=1.0)(model).item() == pytest.approx(0.25)
+    weights = [model[0].weight, model[1].weight]
+    assert penalty(reg_lambda=1.0)(model).item() == pytest.approx(rms_penalty(weights, 1.0).item())
+    assert penalty(reg_lambda=1.0, reduce="mean")(model).item() == pytest.approx(0.125)
+    all_params = penalty(params=lambda m: list(m.parameters()), reg_lambda=1.0)
+    assert all_params(model).item() == pytest.approx(0.25 + 1.0)
+    assert penalty(size=torch.linalg.norm, reg_lambda=1.0)(model).item() == pytest.approx(2 * (2**0.5 - 1) ** 2)
+    assert penalty(target=0.0, reg_lambda=2.0)(model).item() == pytest.approx(2 * (0.25 + 1.0))
 
 
 def test_holdout_reports_the_test_split(tmp_path, capsys):
@@ -100,7 +141,7 @@ def count_trainings(monkeypatch):
 
 def finished(tmp_path, model):
     storage = f"sqlite:///{tmp_path / 'optuna-rmsln-mnist1d.db'}"
-    study = optuna.load_study(study_name=f"rmsln-mnist1d-{model}-published-seed0", storage=storage)
+    study = optuna.load_study(study_name=f"rmsln-mnist1d-{model}-published-seed0-batch4000-3epochs", storage=storage)
     states = [t.state for t in study.trials]
     return states.count(optuna.trial.TrialState.COMPLETE) + states.count(optuna.trial.TrialState.PRUNED), states
 
@@ -146,6 +187,8 @@ def test_interrupted_study_keeps_finished_trials(tmp_path, capsys, monkeypatch):
         (["--trials", "0"], "invalid --trials: '0'"),
         (["--seeds", "x"], "invalid --seeds: 'x'"),
         (["--trial-epochs", "-1"], "invalid --trial-epochs: '-1'"),
+        (["--batch-size", "0"], "invalid --batch-size: '0'"),
+        (["--seeds", "0"], "invalid --seeds: '0'"),
         (["--storage", "nosuchdb://x"], "--storage nosuchdb://x: cannot open this Optuna storage"),
     ],
 )
