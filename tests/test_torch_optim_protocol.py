@@ -411,15 +411,26 @@ def test_optimizer_can_be_printed(entry):
         assert repr(entry.cls(params, **given.kwargs))
 
 
-@pytest.mark.parametrize("entry", cases("test_deepcopy_copies_all_public_attrs"))
-def test_deepcopy_copies_all_public_attrs(entry):
+def params_with_grads():
     params = [Parameter(torch.randn(2, 3)) for _ in range(2)]
     for p in params:
         p.grad = torch.rand_like(p)
+    return params
+
+
+def stepped(entry, given, params, steps=3):
+    """An optimizer of ``entry`` built with ``given``'s settings, after ``steps`` steps."""
+    opt = entry.cls(params, **given.kwargs)
+    for _ in range(steps):
+        opt.step()
+    return opt
+
+
+@pytest.mark.parametrize("entry", cases("test_deepcopy_copies_all_public_attrs"))
+def test_deepcopy_copies_all_public_attrs(entry):
+    params = params_with_grads()
     for given in all_inputs(entry, skip=("differentiable",)):
-        opt = entry.cls(params, **given.kwargs)
-        for _ in range(3):
-            opt.step()
+        opt = stepped(entry, given, params)
         public = {k for k in vars(opt) if not k.startswith("_")}
         assert {k for k in vars(deepcopy(opt)) if not k.startswith("_")} == public
 
@@ -559,13 +570,9 @@ def test_save_load_equality_with_weights_only(entry, named):
 
 @pytest.mark.parametrize("entry", cases("test_load_nontensor_step"))
 def test_load_nontensor_step(entry):
-    params = [Parameter(torch.randn(2, 3)) for _ in range(2)]
-    for p in params:
-        p.grad = torch.rand_like(p)
+    params = params_with_grads()
     for given in all_inputs(entry, skip=("differentiable",)):
-        opt = entry.cls(params, **given.kwargs)
-        for _ in range(3):
-            opt.step()
+        opt = stepped(entry, given, params)
         state_dict = deepcopy(opt.state_dict())
         for entry_state in state_dict["state"].values():
             if torch.is_tensor(entry_state.get("step")):
