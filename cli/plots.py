@@ -11,11 +11,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .rln_boston import REAL_FEATURES, config_label, matches
+from .rln_boston import MODEL_NAMES, REAL_FEATURES, config_label, matches
 
 SEED_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 MODEL_COLORS = {"none": "tab:gray", "l1": "tab:blue", "rln": "tab:red"}
-MODEL_NAMES = {"none": "none", "l1": "L1", "rln": "RLN"}
 
 
 def _seed_runs(report: dict[str, Any]) -> list[tuple[int, list[dict[str, Any]]]]:

@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 
 from .rln_analysis import rule_text
-from .rln_boston import MODELS, PUBLISHED, config_label, matches
+from .rln_boston import MODEL_NAMES, MODELS, PUBLISHED, config_label, matches
 from .tables import TableSpec
 
 
@@ -105,7 +105,7 @@ def features_table(result: dict[str, Any]) -> TableSpec:
     )
     for name, f in result["features"].items():
         table.add(
-            name,
+            MODEL_NAMES.get(name, name),
             f"{f['real_in_top13_mean']:.1f} / 13",
             f"{f['zero_fraction_mean']:.1%}",
             f"{f.get('eliminated_mean', 0):.1f}",

@@ -41,6 +41,7 @@ from .stacked import StackedMLP, collapsed, geometric_widths, steps_per_epoch, t
 EXPERIMENT = "rln-boston"
 REAL_FEATURES = 13
 MODELS = ("none", "l1", "rln")
+MODEL_NAMES = {"none": "none", "l1": "L1", "rln": "RLN"}  # as tables and figures print them
 
 PUBLISHED: dict[str, Any] = {
     "source": "Shavitt & Segal (2018), RLN tutorial notebook (Boston housing + 1000 noise features)",
