@@ -12,7 +12,7 @@ import torch
 
 import torch_rln.rln as rln_module
 from torch_rln import RLNOptimizer, RMSLNWrapper
-from torch_rln._paths import CompiledKernel
+from torch_rln import CompiledKernel
 
 
 @pytest.mark.parametrize("cls", [RLNOptimizer, RMSLNWrapper])

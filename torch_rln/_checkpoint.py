@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
+from ._dtypes import state_dtype
 from ._sharding import distribute_tensor, is_sharded, local
-from ._validation import state_dtype
 
 __all__ = ["is_by_name", "placed_like", "split_state"]
 

@@ -47,7 +47,7 @@ from typing import Any, cast
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._validation import regularizable
+from ._groups import why_unregularizable
 from ._wrapper import RegularizedOptimizer
 
 __all__ = ["FactoryClass", "build_factory"]
@@ -228,7 +228,7 @@ def _named(params: Any) -> list[tuple[str | None, Tensor]]:
 
 def _selected(select: Select, name: str | None, param: Tensor) -> bool:
     if select is None:
-        return param.ndim >= 2 and regularizable(param) is None
+        return param.ndim >= 2 and why_unregularizable(param) is None
     if isinstance(select, bool):
         return select
     return bool(select(name, param))

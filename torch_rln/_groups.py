@@ -16,9 +16,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from ._validation import regularizable
-
-__all__ = ["build_groups", "check_params", "default_choice", "tensors_of"]
+__all__ = ["build_groups", "check_params", "default_choice", "param_positions", "tensors_of", "why_unregularizable"]
 
 Validate = Callable[[dict[str, Any]], None]
 
@@ -28,6 +26,29 @@ _NO_MATRIX = (
     "1-D partitions of the weights; pass params= explicitly (the tensors to regularize), or use "
     "{name}.factory(...) where a framework builds the optimizer"
 )
+
+
+def why_unregularizable(tensor: torch.Tensor) -> str | None:
+    """Why ``tensor`` cannot be regularized, or None if it can: the wrappers take strided,
+    real, floating-point tensors."""
+    desc = f"shape {tuple(tensor.shape)}, dtype {tensor.dtype}"
+    if tensor.is_sparse or tensor.layout != torch.strided:
+        return f"cannot regularize a sparse tensor ({desc}, layout {tensor.layout})"
+    if tensor.is_complex():
+        return f"cannot regularize a complex tensor ({desc})"
+    if not tensor.is_floating_point():
+        return f"cannot regularize a non-floating-point tensor ({desc})"
+    return None
+
+
+def param_positions(param_groups: Iterable[dict[str, Any]]) -> dict[int, int]:
+    """Parameter id -> its integer key in ``state_dict()["state"]``: its position in the
+    param groups, each tensor counted once (torch's numbering)."""
+    positions: dict[int, int] = {}
+    for group in param_groups:
+        for p in group["params"]:
+            positions.setdefault(id(p), len(positions))
+    return positions
 
 
 def tensors_of(params: Any) -> list[Any]:
@@ -43,7 +64,7 @@ def default_choice(tensors: Iterable[Any]) -> list[torch.Tensor]:
     chosen: list[torch.Tensor] = []
     seen: set[int] = set()
     for p in tensors:
-        if isinstance(p, torch.Tensor) and p.ndim >= 2 and regularizable(p) is None and id(p) not in seen:
+        if isinstance(p, torch.Tensor) and p.ndim >= 2 and why_unregularizable(p) is None and id(p) not in seen:
             seen.add(id(p))
             chosen.append(p)
     return chosen
@@ -112,7 +133,7 @@ def check_params(
         for p in group["params"]:
             if not isinstance(p, torch.Tensor):
                 raise TypeError(f"regularized params must be tensors, got {torch.typename(p)}")
-            problem = regularizable(p)
+            problem = why_unregularizable(p)
             if problem is not None:
                 raise ValueError(problem)
             desc = f"shape {tuple(p.shape)}, dtype {p.dtype}"

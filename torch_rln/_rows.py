@@ -1,8 +1,8 @@
-"""Tensors seen as rows: the unit the regularizers' eager paths work in.
+"""Tensors seen as rows: the unit RLN's eager foreach path works in.
 
 A regularized weight with ``batch_dims`` leading dimensions holds ``copies`` independent
-copies; each copy is one *row*, a 1-D view of its elements in memory order, and every
-per-tensor quantity (RLN's mean, RMSLN's norm) is per row. The eager paths then cut the
+copies; each copy is one *row*, a 1-D view of its elements in memory order, and RLN's
+mean projection is per row. The eager paths then cut the
 rows into chunks and process the chunks in *waves* of a bounded number of elements: on a
 CPU, a wave's temporaries stay in the core's cache and are reused from one small scratch
 buffer, instead of fresh tensors the size of the weights (which page-fault in on every

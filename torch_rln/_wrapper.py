@@ -34,9 +34,9 @@ import torch.optim.optimizer as torch_optimizer
 from torch.optim import Optimizer
 
 from ._checkpoint import all_finite, is_by_name, placed_like, split_state
-from ._groups import build_groups, check_params, default_choice, tensors_of
-from ._paths import UpdatePaths, choose
-from ._validation import check_flag
+from ._groups import build_groups, check_params, default_choice, param_positions, tensors_of
+from ._implementations import Implementations, choose_implementation
+from .checks import check_flag
 
 __all__ = ["RegularizedOptimizer"]
 
@@ -85,8 +85,8 @@ class RegularizedOptimizer(Optimizer):
       and the name of the top-level key that holds its groups (``<state_key>_groups``);
     * ``state_names``: the names of its per-parameter tensors in checkpoints (none for a
       stateless wrapper);
-    * ``paths``: its per-tensor, foreach and compiled update functions
-      (:class:`torch_rln._paths.UpdatePaths`), chosen per device and dtype by
+    * ``implementations``: its per-tensor, foreach and compiled update functions
+      (:class:`torch_rln.Implementations`), chosen per device and dtype by
       ``implementation()``;
 
     and override:
@@ -108,7 +108,7 @@ class RegularizedOptimizer(Optimizer):
     group_defaults: ClassVar[dict[str, Any]] = {}
     state_key: ClassVar[str] = "reg"
     state_names: ClassVar[tuple[str, ...]] = ()
-    paths: ClassVar[UpdatePaths]
+    implementations: ClassVar[Implementations]
     wrappers_by_key: ClassVar[dict[str, type[RegularizedOptimizer]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -301,9 +301,15 @@ class RegularizedOptimizer(Optimizer):
         return loss
 
     def implementation(self, device: torch.device, dtype: torch.dtype, sharded: bool) -> Callable[..., Any]:
-        """The update function for tensors of one device and dtype (``_paths.choose``)."""
-        return choose(
-            self.paths, foreach=self.foreach, compile=self.compile, device=device, dtype=dtype, sharded=sharded
+        """The update function for tensors of one device and dtype (see
+        :func:`torch_rln._implementations.choose_implementation`)."""
+        return choose_implementation(
+            self.implementations,
+            foreach=self.foreach,
+            compile=self.compile,
+            device=device,
+            dtype=dtype,
+            sharded=sharded,
         )
 
     # ------------------------------------------------------------------ parameters
@@ -321,13 +327,6 @@ class RegularizedOptimizer(Optimizer):
             f"{type(self).__name__} does not regularize this tensor (shape {tuple(param.shape)}, dtype {param.dtype})"
         )
 
-    def _inner_index(self) -> dict[int, int]:
-        """Parameter id -> the integer key it has in ``state_dict()['state']`` (torch's order)."""
-        index: dict[int, int] = {}
-        for p in (p for g in self.param_groups for p in g["params"]):
-            index.setdefault(id(p), len(index))
-        return index
-
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """The inner optimizer's state dict with this wrapper's state merged in.
@@ -340,7 +339,7 @@ class RegularizedOptimizer(Optimizer):
             hook(self)
         self._adopt_state_from_inner()
         inner = self.optimizer.state_dict()
-        index = self._inner_index()
+        index = param_positions(self.param_groups)
         state = dict(inner["state"])
         for p, tensors in self.export_state().items():
             i = index[id(p)]
@@ -425,7 +424,7 @@ class RegularizedOptimizer(Optimizer):
                 f"{name}: the state_dict has {len(saved_groups)} regularization group(s), "
                 f"this optimizer {len(self.reg_groups)}"
             )
-        index = self._inner_index()
+        index = param_positions(self.param_groups)
         settings = []
         for k, (saved, group) in enumerate(zip(saved_groups, self.reg_groups, strict=True)):
             here = [index[id(p)] for p in group["params"]]
@@ -443,7 +442,7 @@ class RegularizedOptimizer(Optimizer):
     def _placed_state(self, saved: dict[Any, dict[str, Any]], state_dict: dict[str, Any]) -> State:
         """The saved per-parameter tensors (keyed as in ``state``), checked and placed like
         their parameters."""
-        index = self._inner_index()
+        index = param_positions(self.param_groups)
         params_by_index = {index[id(p)]: p for g in self.param_groups for p in g["params"]}
         # Saved keys -> positions in the param groups' order (torch's own rule, which also
         # maps the parameter names that torch.distributed.checkpoint uses as keys).
@@ -494,7 +493,7 @@ class RegularizedOptimizer(Optimizer):
                 found[p] = {k: v for k, v in entry.items() if isinstance(k, str) and k.startswith(prefix)}
         if not found:
             return
-        index = self._inner_index()
+        index = param_positions(self.param_groups)
         adopted = {
             p: self._checked_state(index[id(p)], p, {k[len(prefix) :]: v for k, v in saved.items()})
             for p, saved in found.items()

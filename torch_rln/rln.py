@@ -88,12 +88,13 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._paths import CompiledKernel, UpdatePaths
+from ._dtypes import state_dtype
+from ._implementations import CompiledKernel, Implementations
+from ._rln_stats import NamedParams, TensorStats, rln_stats
 from ._rows import CPU_WAVE, Chunk, Rows, Scratch, rows_of, waves
 from ._sharding import Shards, complete_sums_, local, shards_of
-from ._telemetry import NamedParams, TensorStats, rln_stats
-from ._validation import check_finite, check_flag, check_int, check_magnitude, shown, state_dtype
 from ._wrapper import RegularizedOptimizer
+from .checks import check_finite, check_flag, check_int, check_magnitude, shown
 
 __all__ = ["RLNOptimizer", "rln_coefficients", "rln_update"]
 
@@ -604,7 +605,7 @@ class RLNOptimizer(RegularizedOptimizer):
     group_defaults: ClassVar[dict[str, Any]] = {"norm": 1, "avg_reg": -7.5, "reg_lr": 6e5, "batch_dims": 0}
     state_key = "rln"
     state_names = ("lam", "r_prev")
-    paths = UpdatePaths(
+    implementations = Implementations(
         _single_tensor_rln,
         _multi_tensor_rln,
         _compiled_rln,
@@ -711,7 +712,7 @@ class RLNOptimizer(RegularizedOptimizer):
         All tensors (per copy with ``batch_dims``), computed without a host sync; keyed by
         the parameter's name (from ``names``, e.g. ``model.named_parameters()``, or the
         names the inner optimizer was given) or else its index in ``state_dict()["state"]``.
-        :func:`torch_rln.log_stats` logs them. See :mod:`torch_rln._telemetry`.
+        :func:`torch_rln.log_stats` logs them. See :mod:`torch_rln._rln_stats`.
         """
         return rln_stats(self, names)
 

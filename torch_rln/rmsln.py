@@ -49,10 +49,11 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
-from ._paths import CompiledKernel, UpdatePaths
+from ._dtypes import state_dtype
+from ._implementations import CompiledKernel, Implementations
 from ._sharding import Shards, complete_sums_, grad_placed_like_, is_sharded, local, shards_of
-from ._validation import check_finite, check_magnitude, state_dtype
 from ._wrapper import RegularizedOptimizer
+from .checks import check_finite, check_magnitude
 
 __all__ = ["RMSLNWrapper", "rms_penalty", "rms_penalty_grad", "rmsln_update"]
 
@@ -431,7 +432,7 @@ class RMSLNWrapper(RegularizedOptimizer):
 
     group_defaults: ClassVar[dict[str, Any]] = {"reg_lambda": 1e-4, "target": 1.0}
     state_key = "rmsln"
-    paths = UpdatePaths(
+    implementations = Implementations(
         _single_tensor_rmsln,
         _multi_tensor_rmsln,
         _compiled_rmsln,

@@ -1,6 +1,7 @@
 """Which implementation of a regularizer's update runs: per-tensor, foreach, or compiled.
 
-Both wrappers make this choice the same way, here (:func:`choose`), per device and dtype:
+Every wrapper makes this choice the same way, here (:func:`choose_implementation`), per
+device and dtype:
 
 * ``compile=None`` (the default) runs the fused, compiled kernel wherever
   ``torch.compile`` works for the device and dtypes at hand, if the regularizer compiles
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CompiledKernel", "UpdatePaths", "choose"]
+__all__ = ["CompiledKernel", "Implementations", "choose_implementation"]
 
 
 class CompiledKernel:
@@ -89,9 +90,11 @@ def _describe(error: Exception) -> str:
 
 
 @dataclass(frozen=True)
-class UpdatePaths:
-    """A regularizer's three implementations of one update, which take the same arguments,
-    and whether it compiles by default (``compile=None``)."""
+class Implementations:
+    """A regularizer's three implementations of one update, which take the same arguments:
+    ``single`` (per tensor, the plain reference), ``multi`` (foreach ops) and ``compiled``
+    (a fused kernel); ``kernel_works(device, dtype, insist)`` says where the compiled one
+    runs, and ``compile_by_default`` whether ``compile=None`` uses it."""
 
     single: Callable[..., Any]
     multi: Callable[..., Any]
@@ -100,8 +103,8 @@ class UpdatePaths:
     compile_by_default: bool
 
 
-def choose(
-    paths: UpdatePaths,
+def choose_implementation(
+    implementations: Implementations,
     *,
     foreach: bool | None,
     compile: bool | None,
@@ -111,7 +114,7 @@ def choose(
 ) -> Callable[..., Any]:
     """The implementation for tensors of one device and dtype (see the module docstring).
     Sharded tensors never take the compiled kernel: their sums need an all-reduce."""
-    wanted = compile is True or (compile is None and paths.compile_by_default)
-    if wanted and not sharded and paths.kernel_works(device, dtype, compile is True):
-        return paths.compiled
-    return paths.single if foreach is False else paths.multi
+    wanted = compile is True or (compile is None and implementations.compile_by_default)
+    if wanted and not sharded and implementations.kernel_works(device, dtype, compile is True):
+        return implementations.compiled
+    return implementations.single if foreach is False else implementations.multi

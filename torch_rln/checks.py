@@ -1,4 +1,6 @@
-"""Checks of the wrappers' settings: every error names the bad value and what was expected.
+"""Checks of a wrapper's settings: every error names the bad value and what was expected.
+
+Public: a new regularizer validates its settings with these (see ``RegularizedOptimizer.validate_group``).
 
 Settings are stored as plain Python numbers (checkpoints then load with
 ``torch.load(weights_only=True)``); NumPy numbers are accepted and converted.
@@ -10,9 +12,7 @@ import math
 import numbers
 from typing import Any
 
-import torch
-
-__all__ = ["check_finite", "check_flag", "check_int", "check_magnitude", "regularizable", "shown", "state_dtype"]
+__all__ = ["check_finite", "check_flag", "check_int", "check_magnitude", "shown"]
 
 
 def shown(value: Any, limit: int = 60) -> str:
@@ -53,22 +53,3 @@ def check_magnitude(name: str, value: float, limit: float, why: str) -> None:
     """``ValueError`` naming ``value`` if ``|value| > limit``; ``why`` says what the limit holds."""
     if abs(value) > limit:
         raise ValueError(f"Invalid {name}: {shown(value)} (expected at most {limit:.3g} in magnitude: {why})")
-
-
-def state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype a wrapper computes and keeps state in: float32 at least, the parameter's
-    dtype above that."""
-    return dtype if torch.finfo(dtype).bits >= 32 else torch.float32
-
-
-def regularizable(tensor: torch.Tensor) -> str | None:
-    """Why ``tensor`` cannot be regularized (None if it can): the wrappers take strided,
-    real, floating-point tensors."""
-    desc = f"shape {tuple(tensor.shape)}, dtype {tensor.dtype}"
-    if tensor.is_sparse or tensor.layout != torch.strided:
-        return f"cannot regularize a sparse tensor ({desc}, layout {tensor.layout})"
-    if tensor.is_complex():
-        return f"cannot regularize a complex tensor ({desc})"
-    if not tensor.is_floating_point():
-        return f"cannot regularize a non-floating-point tensor ({desc})"
-    return None

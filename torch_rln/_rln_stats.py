@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from ._groups import param_positions
+
 if TYPE_CHECKING:  # pragma: no cover
     from .rln import RLNOptimizer
 
@@ -40,7 +42,7 @@ __all__ = ["TensorStats", "log_stats", "rln_stats"]
 
 @dataclass(frozen=True)
 class TensorStats:
-    """RLN's statistics of one regularized tensor (see :mod:`torch_rln._telemetry`).
+    """RLN's statistics of one regularized tensor (see :meth:`torch_rln.RLNOptimizer.stats`).
 
     Each field is a tensor of the batch shape (``()`` without ``batch_dims``);
     ``eliminated_mask`` has one more dimension, the inputs.
@@ -108,7 +110,7 @@ def param_labels(optimizer: RLNOptimizer, names: NamedParams | None = None) -> d
     if names is not None:
         pairs = names.items() if isinstance(names, Mapping) else names
         labels.update({id(p): name for name, p in pairs})
-    for p_id, i in optimizer._inner_index().items():
+    for p_id, i in param_positions(optimizer.param_groups).items():
         labels.setdefault(p_id, str(i))
     return labels
 
