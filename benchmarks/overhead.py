@@ -24,6 +24,13 @@ in turn, round after round, so that a slow minute of the machine hits all of the
   updated there, copied back) on the Boston first layer, against our RLN pass;
 * a full Boston training step (forward, backward, step) at batch 10, with and without RLN;
 * the persistent state the wrappers add per regularized parameter byte;
+* **fixed costs** (what surrounds the kernel, which dominates on tabular-sized models):
+  ``step()`` on one 8 x 8 weight with SGD, Adam and RMSprop inner, for every path
+  (bare, RLN default / foreach / per-tensor, RMSLN coupled / decoupled); 1024 stacked
+  copies of it (``batch_dims=1``); the Boston first layer (180 x 1013) alone and as 10
+  stacked copies (as ``torch-rln bench rln`` trains it), its pass against the floor with
+  sums; a whole training step of a tabular-suite-sized model. Each as microseconds and as
+  a ratio to the bare step in the same run;
 * on CUDA: no host sync inside step() (``torch.cuda.set_sync_debug_mode("error")``) and
   the step captured in a CUDA graph.
 
@@ -63,6 +70,13 @@ RATIO_KEYS = (
     "boston_train_step_rln",
     "speedup_vs_callback_boston",
     "rln_state_bytes_per_param_byte",
+    "rln_pass_vs_floor_with_sums",
+    "rln_adam_fused_resnet50_vs_bare_plus_floor_with_sums",
+    "rln_step_tiny_sgd",
+    "rmsln_step_tiny_sgd",
+    "rln_step_1024_copies_tiny_sgd",
+    "rln_pass_stacked_boston_vs_floor_with_sums",
+    "tabular_train_step_rln",
 )
 TARGETS = {
     "rln_pass_vs_floor": "<= 1.3",
@@ -76,6 +90,13 @@ TARGETS = {
     "boston_train_step_rln": "<= 1.3",
     "speedup_vs_callback_boston": ">= 20",
     "rln_state_bytes_per_param_byte": "<= 2",
+    "rln_pass_vs_floor_with_sums": "<= 1.3",
+    "rln_adam_fused_resnet50_vs_bare_plus_floor_with_sums": "<= 1.15",
+    "rln_step_tiny_sgd": "<= 4",
+    "rmsln_step_tiny_sgd": "<= 3",
+    "rln_step_1024_copies_tiny_sgd": "<= 4",
+    "rln_pass_stacked_boston_vs_floor_with_sums": "<= 1.5",
+    "tabular_train_step_rln": "(reference: a whole step of a tabular-suite model with RLN, over bare)",
 }
 # Bytes an RLN pass must move per float32 element: it reads w', the folded coefficient and
 # r_prev, and writes all three (6 x 4).
@@ -311,16 +332,112 @@ def boston_train_step(device: torch.device, repeats: int) -> dict[str, float]:
     return interleaved_medians(steps, device, repeats * 10, warmup=10)
 
 
-def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                batch: int = 10) -> Callable[[], None]:
     batches = iter(range(10**9))
+    rows = len(x) - len(x) % batch
 
     def train_step() -> None:
-        start = (next(batches) * 10) % 400
+        start = (next(batches) * batch) % rows
         opt.zero_grad()
-        torch.nn.functional.mse_loss(model(x[start : start + 10]), y[start : start + 10]).backward()
+        torch.nn.functional.mse_loss(model(x[start : start + batch]), y[start : start + batch]).backward()
         opt.step()
 
     return train_step
+
+
+# ---------------------------------------------------------------------- fixed costs
+TINY_INNER: dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]] = {
+    "sgd": lambda ps: torch.optim.SGD(ps, lr=1e-3),
+    "adam": lambda ps: torch.optim.Adam(ps, lr=1e-3),
+    "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=1e-3, alpha=0.9, eps=1e-7),
+}
+
+FIXED_VARIANTS: dict[str, Callable[[torch.optim.Optimizer, list[torch.Tensor], int], torch.optim.Optimizer]] = {
+    "bare": lambda inner, reg, bd: inner,
+    "rln": lambda inner, reg, bd: RLNOptimizer(inner, params=reg, avg_reg=THETA, reg_lr=NU, batch_dims=bd),
+    "rln_foreach": lambda inner, reg, bd: RLNOptimizer(
+        inner, params=reg, avg_reg=THETA, reg_lr=NU, batch_dims=bd, compile=False
+    ),
+    "rln_per_tensor": lambda inner, reg, bd: RLNOptimizer(
+        inner, params=reg, avg_reg=THETA, reg_lr=NU, batch_dims=bd, compile=False, foreach=False
+    ),
+    "rmsln": lambda inner, reg, bd: RMSLNWrapper(inner, params=reg, reg_lambda=1e-4),
+    "rmsln_decoupled": lambda inner, reg, bd: RMSLNWrapper(inner, params=reg, reg_lambda=1e-4, decoupled=True),
+}
+
+
+def _steps(opt: torch.optim.Optimizer, weight: torch.nn.Parameter, grads: list[torch.Tensor], count: int) -> Callable[[], None]:
+    """``count`` steps, each setting ``.grad`` (from a few fixed gradients) and calling ``step()``."""
+
+    def run() -> None:
+        for k in range(count):
+            weight.grad = grads[k % len(grads)]
+            opt.step()
+
+    return run
+
+
+def fixed_costs(shape: tuple[int, ...], batch_dims: int, inners: list[str], variants: list[str],
+                device: torch.device, repeats: int, count: int) -> dict[str, dict[str, float]]:
+    """Seconds per ``step()`` on one weight of ``shape``, per inner optimizer and variant
+    (medians of ``repeats`` rounds of ``count`` steps)."""
+    out: dict[str, dict[str, float]] = {}
+    for inner_name in inners:
+        runs = {}
+        for variant in variants:
+            torch.manual_seed(0)
+            weight = torch.nn.Parameter(0.1 * torch.randn(shape, device=device))
+            grads = [0.01 * torch.randn(shape, device=device) for _ in range(4)]
+            opt = FIXED_VARIANTS[variant](TINY_INNER[inner_name]([weight]), [weight], batch_dims)
+            runs[variant] = _steps(opt, weight, grads, count)
+        out[inner_name] = {k: v / count for k, v in interleaved_medians(runs, device, repeats).items()}
+    return out
+
+
+def tabular_model(inputs: int = 110, depth: int = 3) -> torch.nn.Sequential:
+    """An MLP of the tabular suite's size: diabetes with 100 noise inputs, geometric widths."""
+    return boston_model(depth, inputs)
+
+
+def tabular_train_step(device: torch.device, repeats: int) -> dict[str, float]:
+    """A whole training step (forward, backward, Adam step) at batch 32, bare and with RLN on
+    the first layer, of a tabular-suite-sized model."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(320, 110, generator=g).to(device)
+    y = torch.randn(320, 1, generator=g).to(device)
+    steps = {}
+    for variant in ("bare", "rln", "rln_eager"):
+        torch.manual_seed(0)
+        model = tabular_model().to(device)
+        inner = torch.optim.Adam(model.parameters(), lr=1e-3)
+        steps[variant] = _train_step(model, VARIANTS[variant](inner, [model[0].weight]), x, y, batch=32)
+    return interleaved_medians(steps, device, repeats * 10, warmup=10)
+
+
+def stacked_boston(device: torch.device, repeats: int) -> dict[str, Any]:
+    """The Boston first layer (180 x 1013) alone and as 10 stacked copies (``batch_dims=1``):
+    step times with RMSprop inner, and the stacked pass against its floor with sums."""
+    inners = ["rmsprop"]
+    variants = ["bare", "rln", "rln_foreach", "rmsln"]
+    alone = fixed_costs((180, 1013), 0, inners, variants, device, repeats, 20)
+    stacked = fixed_costs((10, 180, 1013), 1, inners, variants, device, repeats, 5)
+    torch.manual_seed(0)
+    weight = 0.05 * torch.randn(10, 180, 1013, device=device)
+    compiled_sums = torch.compile(floor_with_sums, dynamic=True, fullgraph=True)
+    sets = {name: _rln_tensors([weight]) for name in ("floor_with_sums", "rln")}
+    default = _compiled_rln if compiled_kernel_works(device, torch.float32) else _multi_tensor_rln
+
+    def floor() -> None:
+        t = sets["floor_with_sums"]
+        compiled_sums(t["w"][0].view(-1), t["acc"][0].view(-1), t["r"][0].view(-1), 1e-12, 0.0)
+
+    def rln() -> None:
+        t = sets["rln"]
+        default(t["w"], t["acc"], t["r"], norm=1, avg_reg=THETA, reg_lr=NU, project=True, batch_dims=1)
+
+    passes = interleaved_medians({"floor_with_sums": floor, "rln": rln}, device, repeats)
+    return {"alone": alone["rmsprop"], "stacked_10": stacked["rmsprop"], "stacked_pass": passes}
 
 
 # ---------------------------------------------------------------------- state
@@ -403,6 +520,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report["callback_boston"] = callback_vs_rln(device, repeats)
     report["boston_train_step_seconds"] = boston_train_step(device, repeats)
     report["state_bytes_per_param_byte"] = state_bytes(device)
+    count = 50 if args.quick else 400
+    report["fixed_step_seconds"] = {
+        "tiny_8x8": fixed_costs((8, 8), 0, list(TINY_INNER), list(FIXED_VARIANTS), device, repeats, count),
+        "tiny_8x8_1024_copies": fixed_costs((1024, 8, 8), 1, ["sgd"], ["bare", "rln", "rln_foreach", "rmsln"],
+                                            device, repeats, max(count // 10, 5)),
+    }
+    report["boston_layer"] = stacked_boston(device, repeats)
+    report["tabular_train_step_seconds"] = tabular_train_step(device, repeats)
     if device.type == "cuda":
         report["cuda"] = cuda_checks(device)
     report["ratios"] = ratios(report)
@@ -414,6 +539,8 @@ def ratios(report: dict[str, Any]) -> dict[str, float]:
     resnet = report["step_seconds"]["resnet50"]["adam_fused"]
     train = report["boston_train_step_seconds"]
     rmsln = report["rmsln_pass_seconds_resnet50"]
+    tiny, copies = report["fixed_step_seconds"]["tiny_8x8"], report["fixed_step_seconds"]["tiny_8x8_1024_copies"]
+    layer, tabular = report["boston_layer"], report["tabular_train_step_seconds"]
     return {
         "rln_pass_vs_floor": big["rln"] / big["floor"],
         "rln_pass_vs_floor_resnet50": net["rln"] / net["floor"],
@@ -426,6 +553,13 @@ def ratios(report: dict[str, Any]) -> dict[str, float]:
         "boston_train_step_rln": train["rln"] / train["bare"],
         "speedup_vs_callback_boston": report["callback_boston"]["callback_seconds"] / report["callback_boston"]["rln_seconds"],
         "rln_state_bytes_per_param_byte": report["state_bytes_per_param_byte"]["rln"],
+        "rln_pass_vs_floor_with_sums": big["rln"] / big["floor_with_sums"],
+        "rln_adam_fused_resnet50_vs_bare_plus_floor_with_sums": resnet["rln"] / (resnet["bare"] + net["floor_with_sums"]),
+        "rln_step_tiny_sgd": tiny["sgd"]["rln"] / tiny["sgd"]["bare"],
+        "rmsln_step_tiny_sgd": tiny["sgd"]["rmsln"] / tiny["sgd"]["bare"],
+        "rln_step_1024_copies_tiny_sgd": copies["sgd"]["rln"] / copies["sgd"]["bare"],
+        "rln_pass_stacked_boston_vs_floor_with_sums": layer["stacked_pass"]["rln"] / layer["stacked_pass"]["floor_with_sums"],
+        "tabular_train_step_rln": tabular["rln"] / tabular["bare"],
     }
 
 
@@ -469,6 +603,19 @@ def show(report: dict[str, Any]) -> None:
             steps.add_row(set_name, inner, *[f"{1e3 * times[v]:.2f}" + ("" if v == "bare" else f" ({times[v] / bare:.2f}x)")
                                              for v in VARIANTS])
     console.print(steps)
+    fixed = Table(title="fixed cost of step(): microseconds per step (ratio to bare; the rest, over bare, in us)")
+    for column in ("weight", "inner", *FIXED_VARIANTS):
+        fixed.add_column(column, justify="right")
+    rows = [(name, inner, times) for name, by_inner in report["fixed_step_seconds"].items()
+            for inner, times in by_inner.items()]
+    rows += [(f"boston {name}", "rmsprop", report["boston_layer"][name]) for name in ("alone", "stacked_10")]
+    for name, inner, times in rows:
+        bare = times["bare"]
+        fixed.add_row(name, inner, *[
+            "" if v not in times else f"{1e6 * times[v]:.1f}" + ("" if v == "bare" else
+                                                                f" ({times[v] / bare:.1f}x, +{1e6 * (times[v] - bare):.1f})")
+            for v in FIXED_VARIANTS])
+    console.print(fixed)
     c, t = report["callback_boston"], report["boston_train_step_seconds"]
     console.print(f"Boston first layer: published-style callback {1e3 * c['callback_seconds']:.2f} ms per batch; "
                   f"our pass {1e3 * c['rln_seconds']:.2f} ms (default), {1e3 * c['rln_eager_seconds']:.2f} ms (eager)")

@@ -35,7 +35,7 @@ def test_cuda_foreach_equals_per_tensor_and_cpu(dtype):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     assert (model_a[0].weight == 0).any()
     for p in opt_a.regularized_params():
-        assert opt_a.reg_state[p]["acc"].dtype == torch.float32
+        assert opt_a.reg_state[p]["folded"].dtype == torch.float32
         assert torch.isfinite(opt_a.lambdas(p)).all()
 
 

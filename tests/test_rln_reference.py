@@ -95,7 +95,7 @@ def test_pinned_weight_with_huge_coefficient_stays_zero_and_finite(dtype, path):
     w.grad = torch.zeros_like(w)
     opt.step()  # creates the state
     overflow = 709.0 if dtype == torch.float64 else 88.0  # where exp overflows the state dtype
-    opt.reg_state[w]["acc"][0, :2] = overflow + 20.0  # the weights are 0: the folded coefficient is lam
+    opt.reg_state[w]["folded"][0, :2] = overflow + 20.0  # the weights are 0: the folded coefficient is lam
     for _ in range(20):
         w.grad = (0.1 * torch.randn(1, 1000, generator=g)).to(dtype)
         w.grad[0, :2] = 0.0

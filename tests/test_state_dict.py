@@ -90,7 +90,7 @@ def test_resume_from_checkpoint_is_bit_identical(wrapper_name, inner, dtype):
     rln, resumed_rln = rln_of(opt), rln_of(resumed_opt)
     if rln is not None:
         for p in resumed_rln.regularized_params():
-            assert resumed_rln.reg_state[p]["acc"].dtype == torch.float32
+            assert resumed_rln.reg_state[p]["folded"].dtype == torch.float32
     for x, y in data[15:]:
         train_step(resumed, resumed_opt, x, y)
         resumed_sched.step()
@@ -98,7 +98,7 @@ def test_resume_from_checkpoint_is_bit_identical(wrapper_name, inner, dtype):
         assert torch.equal(a, b)
     if rln is not None:
         for a, b in zip(rln.regularized_params(), resumed_rln.regularized_params(), strict=False):
-            assert torch.equal(rln.reg_state[a]["acc"], resumed_rln.reg_state[b]["acc"])
+            assert torch.equal(rln.reg_state[a]["folded"], resumed_rln.reg_state[b]["folded"])
             assert torch.equal(rln.reg_state[a]["r_prev"], resumed_rln.reg_state[b]["r_prev"])
         assert (model[0].weight == 0).any()
     else:
@@ -205,7 +205,7 @@ def test_rln_state_dict_layout_is_torchs():
     sd = opt.state_dict()
     assert set(sd) == {"state", "param_groups", "rln_groups"}
     assert sd["rln_groups"] == [{"norm": 2, "avg_reg": -7.5, "reg_lr": 6e5, "batch_dims": 0, "params": [2]}]
-    assert set(sd["state"][2]) == {"step", "exp_avg", "exp_avg_sq", "rln_lam", "rln_r_prev"}
+    assert set(sd["state"][2]) == {"step", "exp_avg", "exp_avg_sq", "rln_lam", "rln_r_prev", "rln_folded"}
     assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
 
 
@@ -222,7 +222,7 @@ def test_rln_mismatched_checkpoints_are_refused_before_anything_changes():
     inner_before = other.optimizer.state_dict()["state"][0]["exp_avg"].clone()
     with pytest.raises(ValueError, match=r"holds parameters \[2\] here but \[0\] in the state_dict"):
         other.load_state_dict(saved)
-    assert torch.equal(other.reg_state[model[2].weight]["acc"], before["acc"])
+    assert torch.equal(other.reg_state[model[2].weight]["folded"], before["folded"])
     assert torch.equal(other.optimizer.state[model[0].weight]["exp_avg"], inner_before)
 
     bad_shape = opt.state_dict()

@@ -150,18 +150,33 @@ class _Built(RegularizedOptimizer):
         wrapper_kwargs, inner_kwargs = _split(recipe.wrapper_class, recipe.inner_class, merged)
         given, overrides = _take_group_settings(params, recipe.wrapper_class.group_defaults)
         inner = recipe.inner_class(given, **inner_kwargs)
-        groups = _reg_groups(inner, overrides, select)
+        self.reg_defaults = {**recipe.wrapper_class.group_defaults, **wrapper_kwargs}  # for can_regularize
+        groups = _reg_groups(inner, overrides, select, self.can_regularize)
         cast(Any, super()).__init__(inner, groups, **wrapper_kwargs)
         self._select = select
         self._regularize_new_groups = True
         if not any(group["params"] for group in groups):
             warnings.warn(_nothing_selected(recipe, inner), UserWarning, stacklevel=2)
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """As the wrapper's, with the group's own ``select`` (if it has one) choosing its tensors
+        instead of the factory's; ``select`` is taken out of the group, so the inner optimizer
+        never holds it (its checkpoints then load with ``weights_only=True``)."""
+        group = dict(param_group)
+        select = group.pop("select", self._select)
+        _check_select(select)
+        self._adding_select = select
+        try:
+            super().add_param_group(group)
+        finally:
+            del self._adding_select
+
     def _new_regularized(self, params: list[Any], settings: dict[str, Any]) -> list[Tensor]:
         seen = self._regularized_ids()
+        select = getattr(self, "_adding_select", self._select)
         chosen: list[Tensor] = []
         for name, p in _named(params):
-            if id(p) not in seen and _selected(self._select, name, p):
+            if id(p) not in seen and _selected(select, name, p, self.can_regularize):
                 seen.add(id(p))
                 chosen.append(p)
         return chosen
@@ -226,15 +241,17 @@ def _named(params: Any) -> list[tuple[str | None, Tensor]]:
     return out
 
 
-def _selected(select: Select, name: str | None, param: Tensor) -> bool:
+def _selected(select: Select, name: str | None, param: Tensor, can_regularize: Callable[[Tensor], bool]) -> bool:
     if select is None:
-        return param.ndim >= 2 and why_unregularizable(param) is None
+        return param.ndim >= 2 and why_unregularizable(param) is None and can_regularize(param)
     if isinstance(select, bool):
         return select
     return bool(select(name, param))
 
 
-def _reg_groups(inner: Optimizer, overrides: list[dict[str, Any]] | None, select: Select) -> list[dict[str, Any]]:
+def _reg_groups(
+    inner: Optimizer, overrides: list[dict[str, Any]] | None, select: Select, can_regularize: Callable[[Tensor], bool]
+) -> list[dict[str, Any]]:
     """The wrapper's regularization groups: the selected tensors of each inner param group
     (each once), grouped by the group settings given with them; one empty group if none."""
     if overrides is not None and len(overrides) != len(inner.param_groups):
@@ -250,7 +267,7 @@ def _reg_groups(inner: Optimizer, overrides: list[dict[str, Any]] | None, select
         names = group.get("param_names") or [None] * len(group["params"])
         chosen = []
         for name, p in zip(names, group["params"], strict=True):
-            if id(p) not in seen and _selected(chooser, name, p):
+            if id(p) not in seen and _selected(chooser, name, p, can_regularize):
                 seen.add(id(p))
                 chosen.append(p)
         if chosen:

@@ -16,9 +16,66 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-__all__ = ["build_groups", "check_params", "default_choice", "param_positions", "tensors_of", "why_unregularizable"]
+__all__ = [
+    "RegGroup",
+    "build_groups",
+    "check_params",
+    "default_choice",
+    "param_positions",
+    "tensors_of",
+    "why_unregularizable",
+]
 
 Validate = Callable[[dict[str, Any]], None]
+Choose = Callable[[torch.Tensor], bool]
+
+
+class RegGroup(dict[str, Any]):
+    """A regularization group whose settings are checked when they change.
+
+    ``group[key] = value`` (and ``update``, ``setdefault``) validates the group as it would
+    be with the change, and changes it only if that passes: a bad value raises an error
+    that names it, and the group (and every step after) is as before. Settings cannot be
+    deleted. Reading is a plain dict's.
+    """
+
+    def __init__(self, data: dict[str, Any], validate: Validate) -> None:
+        super().__init__(data)
+        self._validate = validate
+
+    def _change(self, changes: dict[str, Any]) -> None:
+        if "params" in changes:
+            raise TypeError(
+                "a regularization group's params are fixed; add tensors with add_param_group, or build "
+                "the wrapper with the groups you want"
+            )
+        trial = {**self, **changes}
+        self._validate(trial)  # raises, naming the bad value; normalizes the good ones
+        for key in changes:
+            dict.__setitem__(self, key, trial[key])
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._change({key: value})
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._change(dict(*args, **kwargs))
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self._change({key: default})
+        return self[key]
+
+    def _refuse(self, *args: Any) -> Any:
+        raise TypeError("a regularization group's settings can be changed, not deleted")
+
+    __delitem__ = pop = popitem = clear = _refuse
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return RegGroup, (dict(self), self._validate)
+
+    def __copy__(self) -> RegGroup:
+        return RegGroup(dict(self), self._validate)
+
 
 _NO_MATRIX = (
     "{name}(params=None) regularizes the inner optimizer's real floating-point parameters with "
@@ -58,26 +115,33 @@ def tensors_of(params: Any) -> list[Any]:
     return [p[1] if isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) else p for p in params]
 
 
-def default_choice(tensors: Iterable[Any]) -> list[torch.Tensor]:
+def default_choice(tensors: Iterable[Any], can_regularize: Choose = lambda tensor: True) -> list[torch.Tensor]:
     """What ``params=None`` regularizes among ``tensors``: each tensor with ``ndim >= 2``
-    that can be regularized (complex, integer and sparse ones are skipped), once."""
+    that can be regularized (complex, integer and sparse ones are skipped) and that the
+    wrapper takes (``can_regularize``), once."""
     chosen: list[torch.Tensor] = []
     seen: set[int] = set()
     for p in tensors:
-        if isinstance(p, torch.Tensor) and p.ndim >= 2 and why_unregularizable(p) is None and id(p) not in seen:
+        if (
+            isinstance(p, torch.Tensor)
+            and p.ndim >= 2
+            and why_unregularizable(p) is None
+            and can_regularize(p)
+            and id(p) not in seen
+        ):
             seen.add(id(p))
             chosen.append(p)
     return chosen
 
 
 def build_groups(
-    optimizer: Optimizer, params: Any, defaults: dict[str, Any], validate: Validate, name: str
+    optimizer: Optimizer, params: Any, defaults: dict[str, Any], validate: Validate, name: str, can_regularize: Choose
 ) -> list[dict[str, Any]]:
     """The regularization groups for a wrapper's ``params`` argument, validated and checked
     against ``optimizer``'s parameters (see :func:`check_params`). ``name``: the wrapper's,
     for the error when ``params=None`` finds nothing."""
     if params is None:
-        chosen = default_choice(p for g in optimizer.param_groups for p in g["params"])
+        chosen = default_choice((p for g in optimizer.param_groups for p in g["params"]), can_regularize)
         if not chosen:
             raise ValueError(_NO_MATRIX.format(name=name))
         groups = [{"params": chosen, **defaults}]

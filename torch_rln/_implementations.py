@@ -7,21 +7,34 @@ device and dtype:
   ``torch.compile`` works for the device and dtypes at hand, if the regularizer compiles
   by default (RLN does; RMSLN's eager path is already its floor). Where it works is probed
   once per process and (kernel, device type, dtypes) by compiling and running the kernel
-  on a two-element tensor; where it fails (no C++ compiler on CPU, no Triton on CUDA, a
-  dtype the compiler does not take), one warning says why and the eager path runs
-  instead. ``compile=True`` insists (a failure raises); ``compile=False`` never compiles.
+  on small tensors; where it fails (no C++ compiler on CPU, no Triton on CUDA, a dtype the
+  compiler does not take), one warning says why and the eager path runs instead.
+  ``compile=True`` insists (a failure raises); ``compile=False`` never compiles.
 * ``foreach=None`` or ``True`` runs the eager path with foreach ops; ``foreach=False`` the
   per-tensor one. Both give the same results.
-* Sharded tensors (``DTensor``), tensors with fewer than two elements per copy (Dynamo
-  specializes sizes 0 and 1 and would compile again), and calls made while an outer
-  ``torch.compile`` is tracing take the eager path or the kernel's plain function, so
-  that the compiled kernel is compiled exactly once per (device type, dtypes).
+* Sharded tensors (``DTensor``), tensors with fewer than two elements per copy, and calls
+  made while an outer ``torch.compile`` is tracing take the eager path or the kernel's
+  plain function.
+
+**Calling the compiled kernel without Dynamo.** On the small tensors of tabular models a
+call through ``torch.compile``'s entry (guard evaluation, then the AOTAutograd runtime
+wrappers) costs several times the kernel. So :class:`CompiledKernel` compiles through
+``torch.compile`` once per key (device type and dtypes), with a backend that hands
+Inductor the graph and keeps what Inductor returns, and calls that artifact directly
+afterwards. The artifact is generic in the sizes (every dimension dynamic; the first
+one "unbacked", so that one row and many rows share it); the guards it was built under
+are what every later call of the same key satisfies by construction: the same device
+type and dtypes, contiguous inputs, the same number of dimensions. Building the
+argument list reads Dynamo's description of the graph inputs (``node.meta["grapharg"]``,
+an internal of torch): where that is not available, the kernel is called through
+``torch.compile`` as usual, which is slower, not different.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,33 +42,82 @@ import torch
 
 __all__ = ["CompiledKernel", "Implementations", "choose_implementation"]
 
+# Where a graph input comes from, as Dynamo names it: ``L['w']`` or ``L['w'].size()[1]``.
+_SOURCE = re.compile(r"L\['(\w+)'\](?:\.size\(\)\[(\d+)\])?")
+
+Getter = tuple[int, int]  # (argument index, dimension; -1 for the tensor itself)
+
 
 class CompiledKernel:
-    """A kernel function compiled once per process with ``torch.compile(dynamic=True,
-    fullgraph=True)``, and the record of where it works.
+    """A kernel function of tensors, compiled once per key with ``torch.compile(dynamic=True,
+    fullgraph=True)`` and then called directly (see the module docstring).
 
-    ``probe(key, make_args)`` compiles and runs it on small arguments the first time a key
-    (device type, dtypes) is seen; the answer is kept for the process.
+    ``function(*tensors)`` must take tensors only (settings as tensors too) and update some
+    of them in place. ``works(key, make_args, insist)`` probes a key (device type and
+    dtypes) once per process by compiling and running the kernel on ``make_args()``;
+    ``kernel(key, *tensors)`` runs it on tensors of that key.
     """
 
     def __init__(self, function: Callable[..., Any], name: str) -> None:
         self.function = function
         self.name = name
+        self._arg_names = list(function.__code__.co_varnames[: function.__code__.co_argcount])
         self._compiled: Callable[..., Any] | None = None
-        self._failures: dict[tuple[Any, ...], Exception | None] = {}
+        self._capturing: Any = None  # the key whose artifact the backend is about to build
+        self._direct: dict[Any, Callable[..., Any]] = {}
+        self._failures: dict[Any, Exception | None] = {}
 
-    def __call__(self, *args: Any) -> Any:
+    def __call__(self, key: Any, *args: torch.Tensor) -> Any:
+        direct = self._direct.get(key)
+        if direct is not None and not torch.compiler.is_compiling():
+            return direct(*args)
+        return self._slow_call(key, args)
+
+    def _slow_call(self, key: Any, args: Sequence[torch.Tensor]) -> Any:
         if torch.compiler.is_compiling():
             return self.function(*args)  # an outer torch.compile traces the plain function
         if self._compiled is None:
-            # emulate_precision_casts: a cast to bfloat16 and back rounds, as in eager mode (the
-            # RLN fold must use the weight as the parameter holds it).
-            self._compiled = torch.compile(
-                self.function, dynamic=True, fullgraph=True, options={"emulate_precision_casts": True}
-            )
-        return self._compiled(*args)
+            self._compiled = torch.compile(self.function, dynamic=True, fullgraph=True, backend=self._backend)
+        for t in args:
+            if t.ndim > 0:
+                torch._dynamo.decorators.mark_unbacked(t, 0)  # one row or many: one graph
+        self._capturing = key
+        try:
+            return self._compiled(*args)
+        finally:
+            self._capturing = None
 
-    def works(self, key: tuple[Any, ...], make_args: Callable[[], tuple[Any, ...]], insist: bool) -> bool:
+    def _backend(self, graph: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+        """Compile ``graph`` with Inductor and keep the artifact for direct calls.
+
+        emulate_precision_casts: a cast to bfloat16 and back rounds, as in eager mode (the
+        RLN fold must use the weight as the parameter holds it)."""
+        from torch._inductor import config as inductor_config
+        from torch._inductor.compile_fx import compile_fx
+
+        with inductor_config.patch(emulate_precision_casts=True):
+            artifact = compile_fx(graph, example_inputs)
+        getters = self._getters(graph)
+        if self._capturing is not None and getters is not None and callable(artifact):
+            self._direct[self._capturing] = _direct_call(artifact, getters)
+        return artifact  # type: ignore[return-value]
+
+    def _getters(self, graph: torch.fx.GraphModule) -> list[Getter] | None:
+        """For each graph input, the argument (and dimension) it is; None if unknown."""
+        getters = []
+        for node in graph.graph.nodes:
+            if node.op != "placeholder":
+                continue
+            grapharg = node.meta.get("grapharg")
+            source = getattr(getattr(grapharg, "source", None), "name", None)
+            match = _SOURCE.fullmatch(source) if isinstance(source, str) else None
+            if match is None or match.group(1) not in self._arg_names:
+                return None
+            dim = match.group(2)
+            getters.append((self._arg_names.index(match.group(1)), -1 if dim is None else int(dim)))
+        return getters
+
+    def works(self, key: Any, make_args: Callable[[], tuple[torch.Tensor, ...]], insist: bool) -> bool:
         """Whether the compiled kernel runs for ``key`` (probed once per process).
 
         Where it does not, ``insist`` (``compile=True``) raises; otherwise the first call for
@@ -63,7 +125,7 @@ class CompiledKernel:
         """
         if key not in self._failures:
             try:
-                self(*make_args())
+                self(key, *make_args())
                 self._failures[key] = None
             except Exception as failure:  # noqa: BLE001 - any failure to compile means: run eagerly
                 self._failures[key] = failure
@@ -82,6 +144,19 @@ class CompiledKernel:
                 "use compile=None (compile where it works) or compile=False"
             ) from error
         return error is None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"function": self.function, "name": self.name}  # compiled artifacts stay in their process
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["function"], state["name"])  # type: ignore[misc]
+
+
+def _direct_call(artifact: Callable[..., Any], getters: list[Getter]) -> Callable[..., Any]:
+    def call(*args: torch.Tensor) -> Any:
+        return artifact(*[args[i] if d < 0 else args[i].shape[d] for i, d in getters])
+
+    return call
 
 
 def _describe(error: Exception) -> str:

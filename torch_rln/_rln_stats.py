@@ -25,6 +25,8 @@ with the host until the values are read. :func:`log_stats` hands them to any
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
@@ -89,12 +91,19 @@ def tensor_stats(weight: Tensor, lam: Tensor, shrink: Tensor | None, batch_dims:
         zero_fraction=zeros.to(lam.dtype).mean(dim=-1),
         coef_mean=coefs.mean(dim=-1),
         coef_std=coefs.std(dim=-1, correction=0),
-        coef_min=coefs.amin(dim=-1),
-        coef_max=coefs.amax(dim=-1),
+        coef_min=_extreme(coefs, torch.amin),
+        coef_max=_extreme(coefs, torch.amax),
         shrink_norm=norm,
         eliminated=eliminated,
         eliminated_mask=mask,
     )
+
+
+def _extreme(coefs: Tensor, reduce: Callable[..., Tensor]) -> Tensor:
+    """``reduce`` over each copy's coefficients; NaN for a copy of no elements (as its mean)."""
+    if coefs.shape[-1] == 0:
+        return torch.full(coefs.shape[:-1], math.nan, dtype=coefs.dtype, device=coefs.device)
+    return reduce(coefs, dim=-1)
 
 
 NamedParams = Mapping[str, Tensor] | Iterable[tuple[str, Tensor]]
@@ -117,15 +126,22 @@ def param_labels(optimizer: RLNOptimizer, names: NamedParams | None = None) -> d
 
 def rln_stats(optimizer: RLNOptimizer, names: NamedParams | None = None) -> dict[str, TensorStats]:
     """:class:`TensorStats` of every tensor ``optimizer`` regularizes, keyed by its label
-    (see :func:`param_labels`), in the order of the regularization groups."""
+    (see :func:`param_labels`), in the order of the regularization groups. Two tensors
+    under one label are both kept, as ``label[i]`` with ``i`` their index in
+    ``state_dict()["state"]``."""
     labels = param_labels(optimizer, names)
+    positions = param_positions(optimizer.param_groups)
+    regularized = [(p, group) for group in optimizer.reg_groups for p in group["params"]]
+    shared = Counter(labels[id(p)] for p, _ in regularized)
     out: dict[str, TensorStats] = {}
     with torch.no_grad():
-        for group in optimizer.reg_groups:
-            for p in group["params"]:
-                state = optimizer.reg_state.get(p)
-                shrink = None if state is None else state["r_prev"]
-                out[labels[id(p)]] = tensor_stats(p, optimizer.lambdas(p), shrink, group["batch_dims"])
+        for p, group in regularized:
+            label = labels[id(p)]
+            if shared[label] > 1:  # two tensors under one name: both kept, told apart by their index
+                label = f"{label}[{positions[id(p)]}]"
+            state = optimizer.reg_state.get(p)
+            shrink = None if state is None else state["r_prev"]
+            out[label] = tensor_stats(p, optimizer.lambdas(p), shrink, group["batch_dims"])
     return out
 
 

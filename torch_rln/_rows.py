@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Chunk", "Rows", "Scratch", "rows_of", "waves"]
+__all__ = ["Chunk", "Rows", "Scratch", "dense_in_memory_order", "rows_of", "waves"]
 
 # Elements per wave on a CPU: 128K float32 elements are 512 KB per buffer. Measured on a
 # 2-core Xeon VM (2 MB of L2 per core): 2^17 beat 2^14..2^16 and 2^18 on a 2.36M-element
@@ -27,7 +27,7 @@ __all__ = ["Chunk", "Rows", "Scratch", "rows_of", "waves"]
 CPU_WAVE = 1 << 17
 
 
-def _dense_in_memory_order(t: Tensor, batch_dims: int) -> bool:
+def dense_in_memory_order(t: Tensor, batch_dims: int) -> bool:
     """Whether ``t`` fills one block of memory without gaps, with its batch dims outermost."""
     dims = sorted((stride, size) for stride, size in zip(t.stride(), t.shape, strict=True) if size != 1)
     expected = 1
@@ -64,8 +64,14 @@ class Rows:
     _copied: list[tuple[int, int, Tensor]]
 
     def write_back(self) -> None:
+        """Copy the work copies back into the tensors they stand for."""
         for j, i, work in self._copied:
             self.tensors[j][i].copy_(work)
+
+    def refresh(self) -> None:
+        """Copy the tensors into their work copies again (rows kept from one step to the next)."""
+        for j, i, work in self._copied:
+            work.copy_(self.tensors[j][i])
 
 
 def rows_of(roles: Sequence[Sequence[Tensor]], batch_dims: int) -> Rows:
@@ -78,7 +84,7 @@ def rows_of(roles: Sequence[Sequence[Tensor]], batch_dims: int) -> Rows:
         first = group[0]
         count = math.prod(first.shape[:batch_dims])
         copies.append(count)
-        same = all(t.stride() == first.stride() for t in group) and _dense_in_memory_order(first, batch_dims)
+        same = all(t.stride() == first.stride() for t in group) and dense_in_memory_order(first, batch_dims)
         for j, t in enumerate(group):
             work = t
             if not same:

@@ -19,22 +19,31 @@ extra top-level key, so a checkpoint loads with ``torch.load(weights_only=True)`
 Wrappers nest: ``RMSLNWrapper(RLNOptimizer(Adam(...)))`` works because every wrapper is
 itself an Optimizer whose ``param_groups``, ``state`` and ``state_dict`` follow torch's
 conventions. torch's global step hooks (``register_optimizer_step_pre_hook``) fire once per
-``step()``, for the outermost optimizer.
+``step()``, for the outermost optimizer: the inner step is run without them (and with its
+own step hooks), never by touching torch's process-wide hook registry.
+
+A step is all or nothing under Ctrl-C: in the main thread, a SIGINT that arrives during the
+regularization passes (and, without a closure, during the inner step) is held until the
+step has finished, then handed to the handler that was in place (a ``KeyboardInterrupt``
+by default).
 """
 
 from __future__ import annotations
 
 import contextlib
+import numbers
+import signal
+import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 import torch
-import torch.optim.optimizer as torch_optimizer
 from torch.optim import Optimizer
 
 from ._checkpoint import all_finite, is_by_name, placed_like, split_state
-from ._groups import build_groups, check_params, default_choice, param_positions, tensors_of
+from ._groups import RegGroup, build_groups, check_params, default_choice, param_positions, tensors_of
 from ._implementations import Implementations, choose_implementation
 from .checks import check_flag
 
@@ -43,22 +52,66 @@ __all__ = ["RegularizedOptimizer"]
 State = dict[torch.Tensor, dict[str, torch.Tensor]]
 
 
+# The signal module's own functions, without the enum conversions of its Python wrappers
+# (they cost more than the rest of a small model's step).
+_signals: Any = getattr(signal, "_signal", signal)
+_SIGINT = int(signal.SIGINT)
+
+
 @contextlib.contextmanager
-def _global_step_hooks_paused() -> Iterator[None]:
-    """Run the inner optimizer's step without torch's global step hooks: they have fired
-    for the wrapper, and torch's protocol runs them once per ``step()``. (The module-level
-    dicts are swapped, not emptied, so the hooks' handles stay valid.)"""
-    pre, post = torch_optimizer._global_optimizer_pre_hooks, torch_optimizer._global_optimizer_post_hooks
-    if not pre and not post:
+def _interrupts_deferred(active: bool = True) -> Iterator[None]:
+    """Hold a SIGINT (Ctrl-C) that arrives inside the block until it ends, then hand it to the
+    handler that was in place: the block runs to its end. Only in the main thread (the only
+    one Python delivers signals to) and where a Python-level handler is installed."""
+    if not active or torch.compiler.is_compiling() or threading.current_thread() is not threading.main_thread():
         yield
         return
-    torch_optimizer._global_optimizer_pre_hooks = OrderedDict()
-    torch_optimizer._global_optimizer_post_hooks = OrderedDict()
+    previous = _signals.getsignal(_SIGINT)
+    if not callable(previous):  # SIG_IGN, SIG_DFL, or a handler not installed from Python
+        yield
+        return
+    held: list[tuple[int, Any]] = []
+    _signals.signal(_SIGINT, lambda signum, frame: held.append((signum, frame)))
     try:
         yield
     finally:
-        torch_optimizer._global_optimizer_pre_hooks = pre
-        torch_optimizer._global_optimizer_post_hooks = post
+        _signals.signal(_SIGINT, previous)
+        if held:
+            previous(*held[0])
+
+
+def _inner_step(inner: Optimizer, closure: Callable[[], Any] | None) -> Any:
+    """``inner.step(closure)`` without torch's global step hooks (they fire once per step, for
+    the outermost optimizer), with the inner optimizer's own step hooks, as torch runs them."""
+    patched = vars(inner).get("step")  # an instance attribute: an LR scheduler's counter, or a user's patch
+    if patched is not None and not getattr(patched, "_wrapped_by_lr_sched", False):
+        return patched() if closure is None else patched(closure)
+    if patched is not None:
+        inner._opt_called = True  # type: ignore[attr-defined]  # what the scheduler's counter records
+    step = type(inner).step
+    raw = getattr(step, "__wrapped__", None) if getattr(step, "hooked", False) else None
+    args: tuple[Any, ...] = (inner,) if closure is None else (inner, closure)
+    if raw is None:
+        return step(*args)
+    kwargs: dict[str, Any] = {}
+    with (
+        torch.autograd.profiler.record_function(f"Optimizer.step#{type(inner).__name__}.step")
+        if (torch.autograd._profiler_enabled())
+        else contextlib.nullcontext()
+    ):
+        for pre_hook in list(inner._optimizer_step_pre_hooks.values()):
+            result = pre_hook(inner, args, kwargs)
+            if result is not None:
+                if not (isinstance(result, tuple) and len(result) == 2):
+                    raise RuntimeError(
+                        f"{raw} must return None or a tuple of (new_args, new_kwargs), but got {result}."
+                    )
+                args, kwargs = result
+        out = raw(*args, **kwargs)
+        inner._optimizer_step_code()
+        for post_hook in list(inner._optimizer_step_post_hooks.values()):
+            post_hook(inner, args, kwargs)
+    return out
 
 
 @contextlib.contextmanager
@@ -94,12 +147,22 @@ class RegularizedOptimizer(Optimizer):
     * ``validate_group(group)``: raise ``ValueError`` naming any bad value, and turn the
       good ones into plain Python numbers in place (so checkpoints stay weights_only-safe);
       ``group["params"]``, when present, holds the group's tensors;
+    * ``can_regularize(tensor)``: whether ``params=None`` takes a tensor (beyond the
+      default rule: real floating point, ``ndim >= 2``);
     * ``validate_state(key, tensors)``: check a parameter's saved tensors before loading
       (the default refuses non-finite values);
     * ``export_state()`` / ``import_state(state, replace)``: the per-parameter state as
       checkpoints hold it, when the live form differs (RLN folds its coefficients);
     * ``before_inner_step(has_closure, grad_scale)`` / ``after_inner_step(context)``: the
       regularization pass, both under ``no_grad``; optionally ``wrap_closure(closure)``.
+      ``held_ids()`` and ``resting_ids()`` say which parameters the inner optimizer holds
+      now and which of them have a learning rate of 0.
+
+    The regularization groups (``reg_groups``) are :class:`torch_rln._groups.RegGroup`
+    dicts: a setting changed there is checked by ``validate_group`` before it takes
+    effect. A setting written into an inner param group (``param_groups[i]["avg_reg"]``,
+    as schedulers and skorch do) applies from the next step to the regularized tensors of
+    that param group.
 
     Skips ``Optimizer.__init__`` on purpose (it would build param groups of its own),
     and sets the hook dictionaries that the base class methods rely on.
@@ -139,16 +202,21 @@ class RegularizedOptimizer(Optimizer):
                 )
         reg_defaults = dict(defaults)
         self.validate_group(reg_defaults)
-        reg_groups = build_groups(optimizer, params, reg_defaults, self.validate_group, type(self).__name__)
+        self.reg_defaults = reg_defaults  # can_regularize may read them
+        reg_groups = build_groups(
+            optimizer, params, reg_defaults, self.validate_group, type(self).__name__, self.can_regularize
+        )
 
         # Everything is validated: from here on nothing can fail.
         self.optimizer = optimizer
         self.foreach = foreach
         self.compile = compile
-        self.reg_defaults = reg_defaults
-        self.reg_groups: list[dict[str, Any]] = reg_groups
+        self.reg_groups: list[dict[str, Any]] = [RegGroup(g, self.validate_group) for g in reg_groups]
         self.reg_state: State = {}
         self._regularize_new_groups = params is None
+        self._inner_view: tuple[Any, set[int], list[set[int]]] = ((), set(), [])
+        self._written: dict[tuple[int, str], Any] = {}  # settings read from inner param groups
+        self._chosen: dict[tuple[Any, ...], Callable[..., Any]] = {}  # implementation per device and dtype
         self._optimizer_step_pre_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
         self._optimizer_step_post_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
         self._optimizer_state_dict_pre_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
@@ -160,6 +228,11 @@ class RegularizedOptimizer(Optimizer):
     # ------------------------------------------------------------------ hooks for subclasses
     def validate_group(self, group: dict[str, Any]) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def can_regularize(self, tensor: torch.Tensor) -> bool:
+        """Whether ``params=None`` (and a group added without a choice) takes ``tensor``, among
+        the real floating-point tensors with ``ndim >= 2``. Every one, by default."""
+        return True
 
     def validate_state(self, key: Any, tensors: dict[str, torch.Tensor]) -> None:
         """Check the saved state of the parameter with key ``key`` (its position, or its name
@@ -248,7 +321,7 @@ class RegularizedOptimizer(Optimizer):
             check_params([{**new_group, "params": fresh}], self.optimizer, self._regularized_ids(), fresh)
         self.optimizer.add_param_group(inner_group)
         if new_group is not None:
-            self.reg_groups.append(new_group)
+            self.reg_groups.append(RegGroup(new_group, self.validate_group))
 
     def _new_regularized(self, params: list[Any], settings: dict[str, Any]) -> list[torch.Tensor]:
         """The tensors of a group being added (tensors or ``(name, tensor)`` pairs) that this
@@ -257,7 +330,7 @@ class RegularizedOptimizer(Optimizer):
         builds choose with their ``select``."""
         if not settings and not self._regularize_new_groups:
             return []
-        return default_choice(tensors_of(params))
+        return default_choice(tensors_of(params), self.can_regularize)
 
     @classmethod
     def factory(cls, optimizer_cls: Callable[..., Optimizer], /, **settings: Any) -> type[Any]:
@@ -283,22 +356,92 @@ class RegularizedOptimizer(Optimizer):
         Under GradScaler's protocol for fused optimizers (``grad_scale`` / ``found_inf`` set
         on this wrapper), a step with inf/NaN gradients (``found_inf``, read once from the
         device, as GradScaler's own unfused path does) leaves the regularizer alone, as the
-        fused inner step leaves the weights.
+        fused inner step leaves the weights. Ctrl-C waits for the passes (and, without a
+        closure, for the inner step) to finish.
         """
         self._adopt_state_from_inner()
+        self._read_param_groups()
         grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         regularize = found_inf is None or not bool(found_inf)
+        forwarded = _amp_attributes_forwarded(self.optimizer, grad_scale, found_inf)
+        if closure is None:  # one block: the step finishes, or nothing happened
+            with _interrupts_deferred(), torch.no_grad(), forwarded:
+                context = self.before_inner_step(False, grad_scale) if regularize else None
+                loss = _inner_step(self.optimizer, None)
+                if regularize:
+                    self.after_inner_step(context)
+            return loss
         context = None
         if regularize:
-            with torch.no_grad():
-                context = self.before_inner_step(closure is not None, grad_scale)
-        wrapped = closure if closure is None or not regularize else self.wrap_closure(closure)
-        with _global_step_hooks_paused(), _amp_attributes_forwarded(self.optimizer, grad_scale, found_inf):
-            loss = self.optimizer.step() if wrapped is None else self.optimizer.step(wrapped)
+            with _interrupts_deferred(), torch.no_grad():
+                context = self.before_inner_step(True, grad_scale)
+        with forwarded:  # a closure may run long: Ctrl-C stops it
+            loss = _inner_step(self.optimizer, self.wrap_closure(closure) if regularize else closure)
         if regularize:
-            with torch.no_grad():
+            with _interrupts_deferred(), torch.no_grad():
                 self.after_inner_step(context)
         return loss
+
+    # ------------------------------------------------------------------ the inner param groups
+    def _read_param_groups(self) -> None:
+        """Once per step: which parameters each inner param group holds (kept while the
+        groups keep their lists and lengths), and this wrapper's settings written into them."""
+        groups = self.param_groups
+        key = tuple((id(g), id(g["params"]), len(g["params"])) for g in groups)
+        if key != self._inner_view[0]:
+            members = [{id(p) for p in g["params"]} for g in groups]
+            self._inner_view = (key, set().union(*members), members)
+        for index, group in enumerate(groups):
+            for name in self.group_defaults:
+                if name in group and not _same(self._written.get((id(group), name), _UNSET), group[name]):
+                    self._take_written_setting(index, name, group[name])
+                    self._written[(id(group), name)] = group[name]
+
+    def _take_written_setting(self, index: int, name: str, value: Any) -> None:
+        """Apply ``param_groups[index][name] = value`` to the regularization groups of the
+        tensors that param group holds (checked first; an error names the value)."""
+        members = self._inner_view[2][index]
+        touched = [g for g in self.reg_groups if any(id(p) in members for p in g["params"])]
+        if not touched:
+            warnings.warn(
+                f"{type(self).__name__}: param_groups[{index}] holds no tensor this wrapper regularizes: "
+                f"{name}={value!r} written there has no effect",
+                UserWarning,
+                stacklevel=4,
+            )
+            return
+        partial = [g for g in touched if not all(id(p) in members for p in g["params"])]
+        if partial:
+            raise ValueError(
+                f"{type(self).__name__}: {name}={value!r} was written into param_groups[{index}], but a "
+                "regularization group spans it and other param groups; give that param group a "
+                "regularization group of its own (params=[{'params': [...], ...}, ...]), or set "
+                f"{name} in reg_groups"
+            )
+        for group in touched:
+            group[name] = value  # RegGroup: checked before it changes
+
+    def held_ids(self) -> set[int]:
+        """The ids of the parameters the inner optimizer holds now (as of this step)."""
+        return self._inner_view[1]
+
+    def resting_ids(self) -> set[int]:
+        """The ids of the parameters in inner param groups whose ``lr`` is 0 (a Python number or
+        a CPU tensor; a learning rate on an accelerator is not read, which would sync)."""
+        resting: set[int] = set()
+        for group, members in zip(self.param_groups, self._inner_view[2], strict=False):
+            lr = group.get("lr")
+            if type(lr) is float:
+                zero = lr == 0.0
+            elif isinstance(lr, torch.Tensor):
+                zero = lr.device.type == "cpu" and lr.numel() == 1 and float(lr) == 0.0
+            elif isinstance(lr, bool):
+                zero = False
+            else:
+                zero = isinstance(lr, numbers.Real) and lr == 0
+            if zero:
+                resting |= members
+        return resting
 
     def implementation(self, device: torch.device, dtype: torch.dtype, sharded: bool) -> Callable[..., Any]:
         """The update function for tensors of one device and dtype (see
@@ -513,6 +656,7 @@ class RegularizedOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._inner_view = ((), set(), [])  # ids of the tensors of another process or copy
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]
@@ -523,6 +667,13 @@ class RegularizedOptimizer(Optimizer):
         lines.append(f"  inner: {inner}")
         lines.append(")")
         return "\n".join(lines)
+
+
+_UNSET = object()
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a is b or (type(a) is type(b) and a == b)
 
 
 def _inner_chain(optimizer: Optimizer) -> Iterable[Optimizer]:

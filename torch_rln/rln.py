@@ -43,10 +43,10 @@ gradient term carries an absolute error of about ``eps * |nu W r|`` (float32:
 ``6e-8 * |nu W r|``) where the reference computes :math:`w' - w_{\text{prev}}` first. It
 is small beside the term itself (``|nu (w' - W) r|``) unless a step moves a weight by less
 than ~1e-5 of its value; trajectories in float32 drift from a float64 reference about as
-much as the unfolded form's do, which is what the tests measure. ``lambdas()`` and
-``state_dict()`` give :math:`\lambda` itself (:math:`a - \nu W r`), and a
-``state_dict()`` leaves the state in that unfolded form until the next step folds it
-again, so a checkpoint resumes bit for bit.
+much as the unfolded form's do, which is what the tests measure. ``lambdas()`` gives
+:math:`\lambda` itself (:math:`a - \nu W r`, computed into a new tensor); ``state_dict()``
+holds both :math:`\lambda` (``rln_lam``, for readers) and :math:`a` (``rln_folded``, from
+which a resumed run continues bit for bit). Neither changes the state.
 
 Numerics:
 
@@ -69,10 +69,17 @@ Numerics:
   parameters (in the parameter's dtype otherwise); the update runs in that dtype, and the
   fold uses the weight as rounded to the parameter's dtype.
 
-Three implementations, equal in results: ``_single_tensor_rln`` (plain tensor ops, the
+Per-copy settings: with ``batch_dims``, ``avg_reg`` and ``reg_lr`` may give one value per
+copy (a sequence as long as the number of copies), so that one stacked model trains
+several settings at once, each copy exactly as a separate optimizer with its own
+:math:`\Theta` and :math:`\nu` would.
+
+Three implementations: ``_single_tensor_rln`` (copy by copy, plain tensor ops, the
 equations as written), ``_multi_tensor_rln`` (foreach ops on cache-sized waves,
-arithmetic masks: where and comparisons cost ten multiplies on a CPU) and ``_compiled_rln``
-(one fused kernel per copy through ``torch.compile``; equal up to rounding).
+arithmetic masks: where and comparisons cost ten multiplies on a CPU; equal to the first
+bit for bit) and ``_compiled_rln`` (one fused kernel per tensor, all its copies at once,
+through ``torch.compile``; equal up to rounding). Each pass reads the state first and
+writes it only in its last sweep.
 """
 
 from __future__ import annotations
@@ -82,23 +89,27 @@ import math
 import numbers
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ._checkpoint import placed_like
 from ._dtypes import state_dtype
 from ._implementations import CompiledKernel, Implementations
 from ._rln_stats import NamedParams, TensorStats, rln_stats
-from ._rows import CPU_WAVE, Chunk, Rows, Scratch, rows_of, waves
-from ._sharding import Shards, complete_sums_, local, shards_of
+from ._rows import CPU_WAVE, Chunk, Rows, Scratch, dense_in_memory_order, rows_of, waves
+from ._sharding import Shards, complete_sums_, is_sharded, local, shards_of
 from ._wrapper import RegularizedOptimizer
 from .checks import check_finite, check_flag, check_int, check_magnitude, shown
 
 __all__ = ["RLNOptimizer", "rln_coefficients", "rln_update"]
 
 _LOG_HALF = math.log(0.5)
+
+Setting = float | tuple[float, ...]  # one value, or one per copy
 
 
 # ---------------------------------------------------------------------- constants
@@ -123,7 +134,65 @@ def _wave_limit(device: torch.device) -> int | None:
     return CPU_WAVE if device.type == "cpu" else None
 
 
-# ---------------------------------------------------------------------- the eager paths
+def per_copy(value: float | Sequence[float], copies: int) -> list[float]:
+    """A setting as one float per copy (a single value is every copy's)."""
+    if isinstance(value, numbers.Real):
+        return [float(value)] * copies
+    return [float(v) for v in value]  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------------- what both eager paths share
+@dataclass
+class _Plan:
+    """What an eager pass derives from its tensors and settings, kept between steps: the
+    rows, the settings of each row, and the chunks of the rows in waves."""
+
+    rows: Rows
+    avg_regs: list[float]  # per row
+    reg_lrs: list[float]  # per row
+    bounds: list[float]  # per row: the clamp of the coefficient (fold_bound)
+    waves: list[list[Chunk]]
+    limit: int | None
+
+
+def _plan(
+    params: list[Tensor],
+    folded: list[Tensor],
+    r_prevs: list[Tensor],
+    batch_dims: int,
+    avg_reg: float | Sequence[float],
+    reg_lr: float | Sequence[float],
+    cache: dict[str, Any] | None,
+) -> _Plan:
+    """The :class:`_Plan` of these tensors, from ``cache`` when nothing it was made from changed."""
+    storage = [(p.data_ptr(), f.data_ptr(), r.data_ptr()) for p, f, r in zip(params, folded, r_prevs, strict=True)]
+    key = (batch_dims, avg_reg, reg_lr, storage)
+    if cache is not None:
+        hit = cache.get("plan")
+        if hit is not None and _same_key(hit[0], key):
+            plan: _Plan = hit[1]
+            plan.rows.refresh()
+            return plan
+    rows = rows_of([params, folded, r_prevs], batch_dims)
+    sdt = folded[0].dtype
+    avg_regs, reg_lrs, bounds = [], [], []
+    for p, copies in zip(params, rows.copies, strict=True):
+        avg_regs += per_copy(avg_reg, copies)
+        reg_lrs += per_copy(reg_lr, copies)
+        bounds += [fold_bound(sdt, p.numel() // max(copies, 1))] * copies
+    limit = _wave_limit(params[0].device)
+    plan = _Plan(rows, avg_regs, reg_lrs, bounds, list(waves(rows, limit)), limit)
+    if cache is not None:
+        cache["plan"] = (key, plan)
+    return plan
+
+
+def _same_key(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Keys of plans: settings compared by identity first (a group's settings are replaced,
+    never edited in place), the rest by value."""
+    return all(x is y or x == y for x, y in zip(a, b, strict=True))
+
+
 def _copy_finite_(out: list[Tensor], weights: list[Tensor]) -> None:
     """``out = w`` in the state dtype, with NaN and +-Inf replaced by 0."""
     for o, w in zip(out, weights, strict=True):
@@ -147,180 +216,202 @@ def _chunk_lists(wave: list[Chunk]) -> tuple[list[Tensor], list[Tensor], list[Te
     return [c.views[0] for c in wave], [c.views[1] for c in wave], [c.views[2] for c in wave]
 
 
-def _gradient_terms_and_sums(
-    rows: Rows, reg_lr: float, bounds: list[float], scratch: Scratch, limit: int | None
-) -> tuple[Tensor, Tensor]:
-    r"""Sweep 1, shared by both eager paths. In place, per element:
+def _coefficients_before_projection_(
+    out: list[Tensor], folded: list[Tensor], clean: list[Tensor], r_prevs: list[Tensor], wave: list[Chunk], plan: _Plan
+) -> None:
+    """``out = clamp(a - nu w' r_prev)``: :math:`\\lambda - \\nu (w' - w_{\\text{prev}}) r_{\\text{prev}}`,
+    clamped to the row's bound (``out`` may be ``folded`` itself)."""
+    if out is not folded:
+        torch._foreach_copy_(out, folded)
+    torch._foreach_addcmul_(out, clean, r_prevs, [-plan.reg_lrs[c.row] for c in wave])
+    for chunk, o in zip(wave, out, strict=True):
+        bound = plan.bounds[chunk.row]
+        o.clamp_(-bound, bound)
 
-    * ``a <- clamp(a - nu w' r_prev)``: the coefficient before the projection,
-      :math:`\lambda - \nu (w' - w_{\text{prev}}) r_{\text{prev}}` (non-finite weights count as 0);
-    * ``r_prev <- 1.0`` where the weight is finite, ``0.0`` where not (``r_prev`` is spent).
 
-    Returns, per row, the sum of the coefficients over the finite weights and their count
-    (float64).
-    """
-    row_bounds = [b for b, n in zip(bounds, rows.copies, strict=True) for _ in range(n)]
-    totals: list[list[Tensor]] = [[] for _ in row_bounds]
-    counts: list[list[Tensor]] = [[] for _ in row_bounds]
-    for wave in waves(rows, limit):
-        weights, accs, shrinks = _chunk_lists(wave)
-        clean, finite, _ = scratch.views(wave, accs[0].dtype)
+def _sums(plan: _Plan, sdt: torch.dtype, scratch: Scratch) -> tuple[Tensor, Tensor]:
+    """Sweep 1 (reads only): per row, the sum of the coefficients before the projection over
+    the finite weights, and their count (float64, summed chunk by chunk)."""
+    totals: list[list[Tensor]] = [[] for _ in plan.avg_regs]
+    counts: list[list[Tensor]] = [[] for _ in plan.avg_regs]
+    for wave in plan.waves:
+        weights, folded, r_prevs = _chunk_lists(wave)
+        clean, finite, pre = scratch.views(wave, sdt)[:3]
         _copy_finite_(clean, weights)
         _finite_indicator_(finite, weights)
-        torch._foreach_addcmul_(accs, clean, shrinks, value=-reg_lr)
-        for chunk, acc, ok in zip(wave, accs, finite, strict=True):
-            acc.clamp_(-row_bounds[chunk.row], row_bounds[chunk.row])
-            totals[chunk.row].append(torch.dot(acc, ok))
+        _coefficients_before_projection_(pre, folded, clean, r_prevs, wave, plan)
+        for chunk, values, ok in zip(wave, pre, finite, strict=True):
+            totals[chunk.row].append(torch.dot(values, ok))
             counts[chunk.row].append(ok.sum())
-        torch._foreach_copy_(shrinks, finite)
-    device = rows.tensors[1][0].device if rows.tensors[1] else torch.device("cpu")
+    device = plan.rows.tensors[1][0].device
     return _per_row(totals, device), _per_row(counts, device)
 
 
 def _per_row(parts: list[list[Tensor]], device: torch.device) -> Tensor:
     """The float64 sum of each row's chunk partials (in order)."""
-    zero = torch.zeros((), dtype=torch.float64, device=device)
     if not parts:
         return torch.zeros(0, dtype=torch.float64, device=device)
+    zero = torch.zeros((), dtype=torch.float64, device=device)
     return torch.stack([torch.stack(p).sum(dtype=torch.float64) if p else zero for p in parts])
 
 
 def _shifts(
-    rows: Rows, total: Tensor, count: Tensor, avg_reg: float, project: bool, shards: Sequence[Shards | None] | None
+    copies: list[int],
+    total: Tensor,
+    count: Tensor,
+    avg_regs: list[float],
+    project: bool,
+    shards: Sequence[Shards | None] | None,
+    sdt: torch.dtype,
 ) -> Tensor:
-    """Per row, ``mean(lam) - Theta`` over the finite weights (0 without projection); the
-    sums of sharded tensors are all-reduced first, so the mean is over the whole copy."""
+    """Per row, ``mean(lam) - Theta`` over the finite weights (0 without projection), in the
+    state dtype; the sums of sharded tensors are all-reduced first, so the mean is over the
+    whole copy."""
     if not project:
-        return torch.zeros_like(total)
+        return torch.zeros_like(total).to(sdt)
     if shards is not None and any(s is not None for s in shards):
-        offsets = [0]
-        for n in rows.copies:
-            offsets.append(offsets[-1] + n)
+        offsets = [0, *itertools.accumulate(copies)]
         parts = [torch.stack([total[a:b], count[a:b]]) for a, b in itertools.pairwise(offsets)]
         complete_sums_(
             [p for p, s in zip(parts, shards, strict=True) if s is not None], [s for s in shards if s is not None]
         )
         total = torch.cat([p[0] for p in parts])
         count = torch.cat([p[1] for p in parts])
-    return total / count.clamp(min=1.0) - avg_reg
+    theta = torch.tensor(avg_regs, dtype=torch.float64, device=total.device)
+    return (total / count.clamp(min=1.0) - theta).to(sdt)
 
 
-def _prepare(
-    params: list[Tensor],
-    accs: list[Tensor],
-    r_prevs: list[Tensor],
-    batch_dims: int,
-    reg_lr: float,
-    avg_reg: float,
-    project: bool,
-    shards: Sequence[Shards | None] | None,
-    scratch: Scratch,
-) -> tuple[Rows, Tensor, int | None]:
-    """Rows of the tensors, sweep 1, and each row's shift ``mean - Theta`` (state dtype)."""
-    rows = rows_of([params, accs, r_prevs], batch_dims)
-    sdt = accs[0].dtype
-    bounds = [fold_bound(sdt, p.numel() // max(c, 1)) for p, c in zip(params, rows.copies, strict=True)]
-    limit = _wave_limit(params[0].device)
-    total, count = _gradient_terms_and_sums(rows, reg_lr, bounds, scratch, limit)
-    return rows, _shifts(rows, total, count, avg_reg, project, shards).to(sdt), limit
-
-
+# ---------------------------------------------------------------------- the reference
 def _single_tensor_rln(
     params: list[Tensor],
-    accs: list[Tensor],
+    folded: list[Tensor],
     r_prevs: list[Tensor],
     *,
     norm: int,
-    avg_reg: float,
-    reg_lr: float,
+    avg_reg: float | Sequence[float],
+    reg_lr: float | Sequence[float],
     project: bool,
     batch_dims: int = 0,
     shards: Sequence[Shards | None] | None = None,
     scratch: Scratch | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> None:
     r"""One RLN update, copy by copy, in the plain form of the equations.
 
-    ``params`` hold :math:`w'` (after the inner step) and receive :math:`W`; ``accs`` hold
+    ``params`` hold :math:`w'` (after the inner step) and receive :math:`W`; ``folded`` hold
     the folded coefficients :math:`a` and ``r_prevs`` the previous shrinks, both updated in
-    place (see the module docstring). ``project`` is False on a tensor's first step (no
-    gradient term, no projection). ``shards[i]``, when given and not None, says that the
-    tensors of index ``i`` are local shards of a sharded tensor, whose mean is over the
-    whole tensor. Sweep 1 (the gradient term and the sums) is shared with the foreach path.
+    place (see the module docstring). ``avg_reg`` and ``reg_lr``: one value, or one per copy.
+    ``project`` is False on a tensor's first step (no gradient term, no projection).
+    ``shards[i]``, when given and not None, says that the tensors of index ``i`` are local
+    shards of a sharded tensor, whose mean is over the whole tensor. The sums are taken in
+    cache-sized chunks, in the order the foreach path takes them, so the two agree bit for
+    bit. ``scratch`` and ``cache`` are not used (the faster paths take the same arguments).
     """
     if not params:
         return
-    rows, shifts, _ = _prepare(
-        params, accs, r_prevs, batch_dims, reg_lr, avg_reg, project, shards, scratch or Scratch(3)
-    )
-    sdt = accs[0].dtype
-    top, limit = max_exponent(sdt), fold_limit(sdt)
-    k = 0
-    for i, n in enumerate(rows.copies):
-        for c in range(n):
-            w, acc, r_prev = (role[i][c] for role in rows.rows)
+    rows = rows_of([params, folded, r_prevs], batch_dims)
+    sdt = folded[0].dtype
+    limit = _wave_limit(params[0].device)
+    top, fold_max = max_exponent(sdt), fold_limit(sdt)
+    thetas: list[float] = []
+    nus: list[float] = []
+    bounds: list[float] = []
+    totals: list[list[Tensor]] = []
+    counts: list[list[Tensor]] = []
+    for i, copies in enumerate(rows.copies):  # sweep 1: the sums (reads only)
+        thetas += per_copy(avg_reg, copies)
+        nus += per_copy(reg_lr, copies)
+        bounds += [fold_bound(sdt, params[i].numel() // max(copies, 1))] * copies
+        for c in range(copies):
+            w, a, r_prev = (role[i][c] for role in rows.rows)
             wf = w.to(sdt)
             finite = torch.isfinite(wf)
             ws = torch.where(finite, wf, 0.0)
-            lam = torch.where(finite, acc - shifts[k], acc)  # lam += Theta - mean(lam), mean over finite weights
+            pre = torch.addcmul(a, ws, r_prev, value=-nus[len(totals)]).clamp(-bounds[-1], bounds[-1])
+            ok = finite.to(sdt)
+            step = max(pre.numel() if limit is None else limit, 1)
+            starts = range(0, pre.numel(), step)
+            totals.append([torch.dot(pre[s : s + step], ok[s : s + step]) for s in starts])
+            counts.append([ok[s : s + step].sum() for s in starts])
+    device = folded[0].device
+    shifts = _shifts(rows.copies, _per_row(totals, device), _per_row(counts, device), thetas, project, shards, sdt)
+    k = 0
+    for i, copies in enumerate(rows.copies):  # sweep 2: the update (writes)
+        for c in range(copies):
+            w, a, r_prev = (role[i][c] for role in rows.rows)
+            wf = w.to(sdt)
+            finite = torch.isfinite(wf)
+            ws = torch.where(finite, wf, 0.0)
+            pre = torch.addcmul(a, ws, r_prev, value=-nus[k]).clamp(-bounds[k], bounds[k])
+            lam = torch.where(finite, pre - shifts[k], pre)  # lam += Theta - mean(lam), over the finite weights
             size = ws.abs()
             cap = torch.log(size) if norm == 1 else torch.full_like(size, _LOG_HALF)  # log|w / d|
-            bound = (lam >= cap) & (size > 0)  # no cap where w / d = 0 / 0
-            lam = torch.where(bound, cap, lam)
+            bind = (lam >= cap) & (size > 0)  # no cap where w / d = 0 / 0
+            lam = torch.where(bind, cap, lam)
             e = torch.exp(lam.clamp(max=top))
             shrink = torch.sign(ws) * e if norm == 1 else (2.0 * e).clamp(max=1.0) * ws  # 2 e^lam < 1 if free
-            r = torch.where(bound, ws, shrink)  # r = w' exactly where the cap binds
+            r = torch.where(bind, ws, shrink)  # r = w' exactly where the cap binds
             w.copy_((wf - r).to(w.dtype))
-            fold = reg_lr * (ws - r).to(w.dtype).to(sdt) * r  # nu W r, W as the parameter holds it
-            keep = fold.abs() < limit
-            acc.copy_(lam + torch.where(keep, fold, 0.0))
+            fold = nus[k] * (ws - r).to(w.dtype).to(sdt) * r  # nu W r, W as the parameter holds it
+            keep = fold.abs() < fold_max
+            a.copy_(lam + torch.where(keep, fold, 0.0))
             r_prev.copy_(torch.where(keep, r, 0.0))
             k += 1
     rows.write_back()
 
 
+# ---------------------------------------------------------------------- the foreach path
 def _multi_tensor_rln(
     params: list[Tensor],
-    accs: list[Tensor],
+    folded: list[Tensor],
     r_prevs: list[Tensor],
     *,
     norm: int,
-    avg_reg: float,
-    reg_lr: float,
+    avg_reg: float | Sequence[float],
+    reg_lr: float | Sequence[float],
     project: bool,
     batch_dims: int = 0,
     shards: Sequence[Shards | None] | None = None,
     scratch: Scratch | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> None:
     """The same update as :func:`_single_tensor_rln`, with foreach ops on waves of chunks.
 
     There is no foreach ``where``, and ``where`` and bool tensors are slow on a CPU, so the
     masks are 0/1 float tensors (a comparison written into a float tensor) and the
     selections are exact arithmetic: ``min(lam, cap)``, and ``r = r (1 - b) + s b`` for the
-    binding mask ``b``. Each wave works in three scratch buffers that stay in cache. The
-    results equal the per-tensor path's.
+    binding mask ``b``. Each wave works in four scratch buffers that stay in cache. Sweep 1
+    computes the sums and writes nothing; sweep 2 computes everything again and writes the
+    weights and the state, wave by wave. The results equal the per-tensor path's.
+    ``cache``: a dict the caller keeps between calls, for the rows and waves (rebuilt when
+    a tensor's storage or a setting changes).
     """
     if not params:
         return
-    scratch = scratch or Scratch(3)
-    rows, shifts, limit = _prepare(params, accs, r_prevs, batch_dims, reg_lr, avg_reg, project, shards, scratch)
-    sdt = accs[0].dtype
-    for wave in waves(rows, limit):
-        weights, lams, shrinks = _chunk_lists(wave)  # shrinks hold the finite indicator (sweep 1)
-        clean, cap, mask = scratch.views(wave, sdt)
+    scratch = scratch or Scratch(4)
+    plan = _plan(params, folded, r_prevs, batch_dims, avg_reg, reg_lr, cache)
+    sdt = folded[0].dtype
+    total, count = _sums(plan, sdt, scratch)
+    shifts = _shifts(plan.rows.copies, total, count, plan.avg_regs, project, shards, sdt)
+    for wave in plan.waves:
+        weights, lams, shrinks = _chunk_lists(wave)  # lams: the folded coefficients, becoming lam then a
+        clean, finite, cap, mask = scratch.views(wave, sdt)
         _copy_finite_(clean, weights)
-        torch._foreach_addcmul_(lams, shrinks, [shifts[c.row] for c in wave], value=-1.0)  # the projection
+        _finite_indicator_(finite, weights)
+        _coefficients_before_projection_(lams, lams, clean, shrinks, wave, plan)
+        torch._foreach_addcmul_(lams, finite, [shifts[c.row] for c in wave], value=-1.0)  # the projection
         _cap_(cap, clean, norm, sdt)
         for lam, c, b in zip(lams, cap, mask, strict=True):
             torch.ge(lam, c, out=b)  # 1 where the cap binds
         torch._foreach_minimum_(lams, cap)
-        _shrink_(shrinks, lams, clean, cap, mask, norm, sdt)
+        _shrink_(shrinks, lams, clean, cap, mask, norm, sdt)  # shrinks: r_prev becomes r
         torch._foreach_sub_(weights, shrinks)  # W = w' - r (non-finite weights: r = 0)
         if weights[0].dtype == sdt:
             torch._foreach_sub_(clean, shrinks)
         else:
             _copy_finite_(clean, weights)  # W as rounded to the parameter's dtype
-        _fold_(lams, shrinks, clean, cap, reg_lr, fold_limit(sdt))
-    rows.write_back()
+        _fold_(lams, shrinks, clean, cap, [plan.reg_lrs[c.row] for c in wave], fold_limit(sdt))
+    plan.rows.write_back()
 
 
 def _cap_(cap: list[Tensor], clean: list[Tensor], norm: int, sdt: torch.dtype) -> None:
@@ -366,11 +457,16 @@ def _shrink_(
 
 
 def _fold_(
-    lams: list[Tensor], shrinks: list[Tensor], weights: list[Tensor], spare: list[Tensor], reg_lr: float, limit: float
+    lams: list[Tensor],
+    shrinks: list[Tensor],
+    weights: list[Tensor],
+    spare: list[Tensor],
+    reg_lrs: list[float],
+    limit: float,
 ) -> None:
     """``a = lam + nu W r`` where ``|nu W r| < limit``; elsewhere ``a = lam`` and ``r_prev = 0``.
-    ``weights`` (W) is overwritten."""
-    torch._foreach_mul_(weights, reg_lr)
+    ``weights`` (W) and ``spare`` are overwritten."""
+    torch._foreach_mul_(weights, reg_lrs)
     torch._foreach_mul_(weights, shrinks)  # nu W r
     for t, sp in zip(weights, spare, strict=True):
         t.nan_to_num_(limit, limit, -limit)  # inf * 0 and overflows: dropped below
@@ -381,101 +477,117 @@ def _fold_(
 
 
 # ---------------------------------------------------------------------- the compiled path
-def _fused_rln_kernel(
-    w: Tensor, acc: Tensor, r_prev: Tensor, avg_reg: float, reg_lr: float, l1: float, project: float
-) -> None:
-    """The update of one copy (a 1-D tensor of at least 2 elements), written for
-    ``torch.compile`` to fuse into a reduction loop and one elementwise loop; the same
-    results as :func:`_single_tensor_rln` up to rounding.
+_COLUMNS = ("avg_reg", "reg_lr", "bound", "count", "l1", "project")  # the kernel's settings, one row per copy
 
-    The settings are floats, which stay dynamic arguments: ``l1`` is 1.0 for L1 and 0.0 for
-    L2 and ``project`` 0.0 on the first step, where a Python branch would compile the kernel
-    once more (Dynamo allows 8 compilations of one function per process).
+
+def _fused_rln_kernel(w: Tensor, folded: Tensor, r_prev: Tensor, settings: Tensor) -> None:
+    """The update of every copy of one tensor, ``(copies, n)`` with ``n >= 2``, written for
+    ``torch.compile`` to fuse into a reduction and one elementwise loop; the same results as
+    :func:`_single_tensor_rln` up to rounding.
+
+    ``settings`` holds, per copy, the columns of ``_COLUMNS``: Theta, nu, the clamp of the
+    coefficient, the number of elements, ``l1`` (1.0 for L1, 0.0 for L2) and ``project``
+    (0.0 on the first step). Being tensors, they never make the kernel compile again.
     """
-    sdt = acc.dtype
-    bound_abs = torch.finfo(sdt).max / (4 * w.numel())
+    sdt = folded.dtype
+    avg_reg, reg_lr, bound, n, l1, project = (settings[:, k : k + 1] for k in range(len(_COLUMNS)))
     wf = w.to(sdt)
     finite = (wf - wf) == 0  # an isfinite that vectorizes
     ws = torch.where(finite, wf, 0.0)
-    pre = torch.clamp(acc - reg_lr * ws * r_prev, -bound_abs, bound_abs)
-    total = torch.where(finite, pre, 0.0).sum()
-    count = w.numel() - (~finite).to(sdt).sum()
+    pre = torch.minimum(torch.maximum(folded - reg_lr * ws * r_prev, -bound), bound)
+    total = torch.where(finite, pre, 0.0).sum(dim=-1, keepdim=True)
+    count = n - (~finite).to(sdt).sum(dim=-1, keepdim=True)
     shift = project * (total / torch.clamp(count, min=1.0) - avg_reg)
     lam = torch.where(finite, pre - shift, pre)
     size = torch.abs(ws)
     cap = torch.log(size * l1 + 0.5 * (1.0 - l1))  # log|w| (L1) or log(1/2) (L2)
-    bound = (lam >= cap) & (size > 0)
-    lam = torch.where(bound, cap, lam)
+    bind = (lam >= cap) & (size > 0)
+    lam = torch.where(bind, cap, lam)
     e = torch.exp(torch.clamp(lam, max=max_exponent(sdt)))
     shrink = torch.sign(ws) * e * (2.0 - l1) * (size * (1.0 - l1) + l1)  # sign(w) e^lam, or (2 e^lam) w
-    r = torch.where(bound, ws, shrink)
+    r = torch.where(bind, ws, shrink)
     w.copy_((wf - r).to(w.dtype))
     fold = reg_lr * (ws - r).to(w.dtype).to(sdt) * r
     keep = torch.abs(fold) < fold_limit(sdt)
-    acc.copy_(lam + torch.where(keep, fold, 0.0))
+    folded.copy_(lam + torch.where(keep, fold, 0.0))
     r_prev.copy_(torch.where(keep, r, 0.0))
 
 
 _KERNEL = CompiledKernel(_fused_rln_kernel, "RLN")
 
 
+def _settings_rows(
+    copies: int, n: int, norm: int, avg_reg: Any, reg_lr: Any, project: bool, sdt: torch.dtype, device: torch.device
+) -> Tensor:
+    rows = [
+        [theta, nu, fold_bound(sdt, n), float(n), 1.0 if norm == 1 else 0.0, 1.0 if project else 0.0]
+        for theta, nu in zip(per_copy(avg_reg, copies), per_copy(reg_lr, copies), strict=True)
+    ]
+    return torch.tensor(rows, dtype=torch.float64).to(device=device, dtype=sdt)
+
+
 def compiled_kernel_works(device: torch.device, dtype: torch.dtype, insist: bool = False) -> bool:
     """Whether the compiled RLN kernel runs for parameters of ``dtype`` on ``device`` (probed once)."""
     sdt = state_dtype(dtype)
 
-    def probe_args() -> tuple[Any, ...]:
-        w = torch.tensor([0.5, -0.25], device=device).to(dtype)
-        return (
-            w,
-            torch.full((2,), -3.0, device=device, dtype=sdt),
-            torch.zeros(2, device=device, dtype=sdt),
-            -3.0,
-            1.0,
-            1.0,
-            1.0,
-        )
+    def probe_args() -> tuple[Tensor, ...]:
+        # 3 copies of 5: sizes no argument shares with another (the kernel is generic in both)
+        w = torch.linspace(-1.0, 1.0, 15, device=device).view(3, 5).to(dtype)
+        folded = torch.full((3, 5), -3.0, device=device, dtype=sdt)
+        return w, folded, torch.zeros_like(folded), _settings_rows(3, 5, 1, -3.0, 1.0, True, sdt, device)
 
-    return _KERNEL.works((device.type, dtype, sdt), probe_args, insist)
+    return _KERNEL.works(_kernel_key(device, dtype), probe_args, insist)
+
+
+def _kernel_key(device: torch.device, dtype: torch.dtype) -> tuple[str, torch.dtype, torch.dtype]:
+    return (device.type, dtype, state_dtype(dtype))
+
+
+def _matrix(t: Tensor, copies: int, batch_dims: int) -> Tensor | None:
+    """``t`` as a ``(copies, n)`` view in memory order (detached), or None if its layout has gaps."""
+    if t.is_contiguous():
+        return t.detach().view(copies, -1)
+    if not dense_in_memory_order(t, batch_dims):
+        return None
+    n = t.numel() // max(copies, 1)
+    return t.detach().as_strided((copies, n), (n, 1), t.storage_offset())
 
 
 def _compiled_rln(
     params: list[Tensor],
-    accs: list[Tensor],
+    folded: list[Tensor],
     r_prevs: list[Tensor],
     *,
     norm: int,
-    avg_reg: float,
-    reg_lr: float,
+    avg_reg: float | Sequence[float],
+    reg_lr: float | Sequence[float],
     project: bool,
     batch_dims: int = 0,
     shards: Sequence[Shards | None] | None = None,
     scratch: Scratch | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> None:
-    """The update through one compiled, fused kernel per copy.
+    """The update through one compiled, fused kernel per tensor (all its copies in one call).
 
     The kernel is compiled once per (device type, parameter dtype, state dtype), with
-    dynamic shapes and settings, so tensors of any size and any settings reuse it (torch's
-    on-disk cache keeps it across runs). Copies of fewer than 2 elements and sharded
-    tensors (whose mean needs an all-reduce) take the foreach path.
+    dynamic shapes and settings as tensors, so tensors of any size, any number of copies
+    and any settings reuse it, and it is then called without Dynamo (see
+    :mod:`torch_rln._implementations`). ``cache``: a dict the caller keeps between calls,
+    for the views and the settings as tensors (rebuilt when a tensor's storage or a
+    setting changes). Copies of fewer than 2 elements, sharded tensors (whose mean needs
+    an all-reduce) and layouts with gaps take the foreach path.
     """
-    rows = rows_of([params, accs, r_prevs], batch_dims)
     rest: list[int] = []
-    l1 = 1.0 if norm == 1 else 0.0
-    for i, n in enumerate(rows.copies):
-        sharded = shards is not None and shards[i] is not None
-        per_copy = params[i].numel() // n if n else 0
-        if sharded or per_copy < 2:
+    for i, p in enumerate(params):
+        call = _kernel_call(i, p, folded[i], r_prevs[i], norm, avg_reg, reg_lr, project, batch_dims, shards, cache)
+        if call is None:
             rest.append(i)
-            continue
-        for c in range(n):
-            # detach(): an alias without a _base, so Dynamo guards no base shape (no recompiles)
-            w, acc, r_prev = (role[i][c].detach() for role in rows.rows)
-            _KERNEL(w, acc, r_prev, avg_reg, reg_lr, l1, 1.0 if project else 0.0)
-    rows.write_back()
+        else:
+            _KERNEL(*call)
     if rest:
         _multi_tensor_rln(
             [params[i] for i in rest],
-            [accs[i] for i in rest],
+            [folded[i] for i in rest],
             [r_prevs[i] for i in rest],
             norm=norm,
             avg_reg=avg_reg,
@@ -484,7 +596,41 @@ def _compiled_rln(
             batch_dims=batch_dims,
             shards=None if shards is None else [shards[i] for i in rest],
             scratch=scratch,
+            cache=None if cache is None else cache.setdefault("rest", {}),
         )
+
+
+def _kernel_call(
+    i: int,
+    p: Tensor,
+    folded: Tensor,
+    r_prev: Tensor,
+    norm: int,
+    avg_reg: Any,
+    reg_lr: Any,
+    project: bool,
+    batch_dims: int,
+    shards: Sequence[Shards | None] | None,
+    cache: dict[Any, Any] | None,
+) -> tuple[Any, ...] | None:
+    """The kernel's key and arguments for tensor ``i``, from ``cache`` when nothing they were
+    made from changed; None where the kernel does not apply."""
+    key = (norm, avg_reg, reg_lr, project, batch_dims, p.data_ptr(), folded.data_ptr(), r_prev.data_ptr())
+    entry = None if cache is None else cache.get(i)
+    if entry is not None and _same_key(entry[0], key):
+        return entry[1]  # type: ignore[no-any-return]
+    args = None
+    copies = math.prod(p.shape[:batch_dims])
+    n = p.numel() // copies if copies else 0
+    sharded = shards is not None and shards[i] is not None
+    if not sharded and n >= 2 and p.stride() == folded.stride() == r_prev.stride():
+        views = [_matrix(t, copies, batch_dims) for t in (p, folded, r_prev)]
+        if all(v is not None for v in views):
+            settings = _settings_rows(copies, n, norm, avg_reg, reg_lr, project, folded.dtype, folded.device)
+            args = (_kernel_key(p.device, p.dtype), *views, settings)
+    if cache is not None:
+        cache[i] = (key, args)
+    return args
 
 
 # ---------------------------------------------------------------------- functional API
@@ -494,8 +640,8 @@ def rln_update(
     r_prevs: list[Tensor],
     *,
     norm: int,
-    avg_reg: float,
-    reg_lr: float,
+    avg_reg: float | Sequence[float],
+    reg_lr: float | Sequence[float],
     first_step: bool = False,
     batch_dims: int = 0,
     foreach: bool | None = None,
@@ -507,6 +653,7 @@ def rln_update(
     ``accs`` hold the folded coefficients :math:`a = \lambda + \nu W r_{\text{prev}}`
     (:math:`\Theta` before the first step) and ``r_prevs`` the previous shrinks (zeros
     before the first step), both in the state dtype and updated in place.
+    ``avg_reg`` and ``reg_lr``: one value, or with ``batch_dims`` one per copy.
     :func:`rln_coefficients` unfolds them. Run under ``torch.no_grad()``.
     """
     if compile:
@@ -517,25 +664,36 @@ def rln_update(
 
 
 def rln_coefficients(
-    params: Sequence[Tensor], accs: Sequence[Tensor], r_prevs: Sequence[Tensor], reg_lr: float
+    params: Sequence[Tensor],
+    accs: Sequence[Tensor],
+    r_prevs: Sequence[Tensor],
+    reg_lr: float | Sequence[float],
+    batch_dims: int = 0,
 ) -> list[Tensor]:
     r"""The coefficients :math:`\lambda = a - \nu W r_{\text{prev}}` (new tensors), from the
     current weights and the state :func:`rln_update` keeps."""
-    return [_unfolded(p, a, r, reg_lr) for p, a, r in zip(params, accs, r_prevs, strict=True)]
+    return [_refolded(p, a, r, reg_lr, 0.0, batch_dims) for p, a, r in zip(params, accs, r_prevs, strict=True)]
 
 
-def _unfolded(param: Tensor, acc: Tensor, r_prev: Tensor, reg_lr: float) -> Tensor:
-    if reg_lr == 0.0:
-        return acc.clone()
-    weight = torch.nan_to_num(param.detach().to(acc.dtype), 0.0, 0.0, 0.0)
-    return torch.addcmul(acc, weight, r_prev, value=-reg_lr)
-
-
-def _refold_(param: Tensor, acc: Tensor, r_prev: Tensor, delta: float) -> None:
-    """``acc += delta * W * r_prev``: move the fold from one ``reg_lr`` to another (0: unfolded)."""
-    if delta != 0.0:
-        weight = torch.nan_to_num(param.detach().to(acc.dtype), 0.0, 0.0, 0.0)
-        acc.addcmul_(weight, r_prev, value=delta)
+def _refolded(
+    param: Tensor, folded: Tensor, r_prev: Tensor, old: Any, new: Any, batch_dims: int, out: bool = True
+) -> Tensor:
+    """``folded + (new - old) W r_prev``: the fold moved from ``reg_lr = old`` to ``new`` (0:
+    unfolded), copy by copy; into a new tensor (``out``) or in place."""
+    copies = math.prod(param.shape[:batch_dims])
+    deltas = [b - a for a, b in zip(per_copy(old, copies), per_copy(new, copies), strict=True)]
+    target = folded.clone() if out else folded
+    if not any(deltas):
+        return target
+    weight = torch.nan_to_num(param.detach().to(folded.dtype), 0.0, 0.0, 0.0)
+    if len(set(deltas)) == 1:
+        return target.addcmul_(weight, r_prev, value=deltas[0])
+    rows = rows_of([[target], [weight], [r_prev]], batch_dims)
+    for c, delta in enumerate(deltas):
+        if delta:
+            rows.rows[0][0][c].addcmul_(rows.rows[1][0][c], rows.rows[2][0][c], value=delta)
+    rows.write_back()
+    return target
 
 
 def _warn_small_reg_lr(reg_lr: float) -> None:
@@ -565,15 +723,17 @@ class RLNOptimizer(RegularizedOptimizer):
         params: the tensors to regularize, or dicts ``{"params": [...], "norm": ...,
             "avg_reg": ..., "reg_lr": ...}`` with per-group settings; each must be a
             parameter of ``optimizer``. ``None`` (default): every parameter of
-            ``optimizer`` with ``ndim >= 2``.
+            ``optimizer`` with ``ndim >= 2`` and at least two elements per copy.
         norm: 1 (L1, the paper's choice) or 2.
         avg_reg: :math:`\Theta`, the mean log-coefficient (paper: Theta; Keras callback:
-            ``avg_reg``).
+            ``avg_reg``). With ``batch_dims``, a sequence gives one value per copy.
         reg_lr: :math:`\nu \ge 0`, the coefficients' learning rate (paper: nu; Keras
-            callback: ``learning_rate``).
+            callback: ``learning_rate``). With ``batch_dims``, a sequence gives one value
+            per copy.
         batch_dims: the number of leading dimensions that index independent copies of the
             weight, e.g. an ensemble stacked for ``torch.func.vmap`` or a batched matmul:
-            the mean projection then runs per copy. 0 (default): one tensor, one mean.
+            the mean projection then runs per copy, and each copy trains exactly as a
+            separate optimizer would. 0 (default): one tensor, one mean.
         foreach: the eager path with foreach ops (``None``, ``True``; the default) or the
             per-tensor one (``False``); both give the same results.
         compile: ``None`` (default): the fused kernel compiled with
@@ -597,6 +757,11 @@ class RLNOptimizer(RegularizedOptimizer):
     ``torch.distributed.checkpoint`` runs to build the state. The shrink is a training step
     of the regularizer, as AdamW's decay (``lr * weight_decay``) is.
 
+    The settings of a group can be changed between steps, in ``reg_groups[i]`` (checked
+    when set: a bad value raises before anything changes) or by writing the wrapper's keys
+    (``avg_reg``, ...) into the inner ``param_groups[i]``, as schedulers and skorch do: they
+    then apply, from the next step, to the regularized tensors of that param group.
+
     Sharded parameters (FSDP2's ``fully_shard``, ``DTensor``) are updated shard by shard,
     with the mean over the whole tensor (an all-reduce of the shards' sums); their state is
     sharded like them.
@@ -604,7 +769,7 @@ class RLNOptimizer(RegularizedOptimizer):
 
     group_defaults: ClassVar[dict[str, Any]] = {"norm": 1, "avg_reg": -7.5, "reg_lr": 6e5, "batch_dims": 0}
     state_key = "rln"
-    state_names = ("lam", "r_prev")
+    state_names = ("lam", "r_prev", "folded")
     implementations = Implementations(
         _single_tensor_rln,
         _multi_tensor_rln,
@@ -619,39 +784,41 @@ class RLNOptimizer(RegularizedOptimizer):
         params: Any = None,
         *,
         norm: int = group_defaults["norm"],
-        avg_reg: float = group_defaults["avg_reg"],
-        reg_lr: float = group_defaults["reg_lr"],
+        avg_reg: float | Sequence[float] = group_defaults["avg_reg"],
+        reg_lr: float | Sequence[float] = group_defaults["reg_lr"],
         batch_dims: int = group_defaults["batch_dims"],
         foreach: bool | None = None,
         compile: bool | None = None,
     ) -> None:
         settings = {"norm": norm, "avg_reg": avg_reg, "reg_lr": reg_lr, "batch_dims": batch_dims}
+        self._fold_nu: dict[Tensor, Setting] = {}  # per weight: the reg_lr folded into its coefficients
+        self._scratch = Scratch(4)
+        self._caches: dict[Any, dict[str, Any]] = {}  # what each pass keeps between steps
         super().__init__(optimizer, params, settings, foreach=foreach, compile=compile)
-        self.folded: dict[Tensor, float] = {}  # per weight: the reg_lr folded into its coefficient
-        self._scratch = Scratch(3)
 
+    # ------------------------------------------------------------------ settings
     def validate_group(self, group: dict[str, Any]) -> None:
         norm = group["norm"]
         if isinstance(norm, bool) or norm not in (1, 2):
             raise ValueError(f"Invalid norm: {shown(norm)} (expected 1 or 2)")
         group["norm"] = check_int("norm", norm, "1 or 2")
-        group["avg_reg"] = check_finite("avg_reg", group["avg_reg"])
-        reg_lr = check_finite("reg_lr", group["reg_lr"])
-        if reg_lr < 0:
-            raise ValueError(f"Invalid reg_lr: {shown(group['reg_lr'])} (expected >= 0)")
-        group["reg_lr"] = reg_lr
-        if 0 < reg_lr < 1 and "params" in group:  # a group, not the defaults checked before it
-            _warn_small_reg_lr(reg_lr)
         group["batch_dims"] = batch_dims = check_int("batch_dims", group["batch_dims"], "an int >= 0")
         if batch_dims < 0:
             raise ValueError(f"Invalid batch_dims: {batch_dims!r} (expected an int >= 0)")
-        for p in group.get("params", ()):
-            if isinstance(p, Tensor):
-                self._check_against(p, group)
+        group["avg_reg"] = _setting("avg_reg", group["avg_reg"], batch_dims)
+        group["reg_lr"] = reg_lr = _setting("reg_lr", group["reg_lr"], batch_dims)
+        for nu in per_copy(reg_lr, 1) if isinstance(reg_lr, float) else reg_lr:
+            if nu < 0:
+                raise ValueError(f"Invalid reg_lr: {shown(nu)} (expected >= 0)")
+        params = [p for p in group.get("params", ()) if isinstance(p, Tensor)]
+        for p in params:
+            self._check_against(p, group)
+        if params and any(0 < nu < 1 for nu in ((reg_lr,) if isinstance(reg_lr, float) else reg_lr)):
+            _warn_small_reg_lr(reg_lr if isinstance(reg_lr, float) else min(v for v in reg_lr if v > 0))
 
     @staticmethod
     def _check_against(p: Tensor, group: dict[str, Any]) -> None:
-        """The group's settings against one tensor: its dims, and what its state dtype holds."""
+        """The group's settings against one tensor: its dims, its copies, and what its state dtype holds."""
         batch_dims, shape = group["batch_dims"], tuple(p.shape)
         if p.ndim == 0:
             raise ValueError(
@@ -663,47 +830,86 @@ class RLNOptimizer(RegularizedOptimizer):
                 f"Invalid batch_dims: {batch_dims} for a tensor of shape {shape} "
                 "(it needs at least one dimension beyond the batch dimensions)"
             )
+        copies = math.prod(p.shape[:batch_dims])
+        n = p.numel() // copies if copies else 0
+        if p.numel() and n < 2:
+            raise ValueError(
+                f"cannot regularize a tensor of shape {shape} (dtype {p.dtype}) with batch_dims={batch_dims} with "
+                "RLN: each copy has one element, whose coefficient the mean projection would pin at avg_reg"
+            )
+        for name in ("avg_reg", "reg_lr"):
+            value = group[name]
+            if not isinstance(value, float) and len(value) != copies:
+                raise ValueError(
+                    f"Invalid {name}: {len(value)} values for a tensor of shape {shape} with batch_dims={batch_dims} "
+                    f"({copies} copies): give one value, or one per copy"
+                )
         if not p.is_floating_point():
             return  # refused by the parameter checks, with their own message
         sdt = state_dtype(p.dtype)
-        n = p.numel() // max(math.prod(p.shape[:batch_dims]), 1)
-        check_magnitude(
-            "avg_reg",
-            group["avg_reg"],
-            fold_bound(sdt, n) / 2,
-            f"the coefficients of a tensor of shape {shape} are kept in {sdt}, and their sum over "
-            f"{n} elements must stay finite",
-        )
-        check_magnitude(
-            "reg_lr",
-            group["reg_lr"],
-            torch.finfo(sdt).max,
-            f"the coefficients of a tensor of shape {shape} are kept in {sdt}",
-        )
+        for theta in per_copy(group["avg_reg"], 1) if isinstance(group["avg_reg"], float) else group["avg_reg"]:
+            check_magnitude(
+                "avg_reg",
+                theta,
+                fold_bound(sdt, n) / 2,
+                f"the coefficients of a tensor of shape {shape} are kept in {sdt}, and their sum over "
+                f"{n} elements must stay finite",
+            )
+        for nu in per_copy(group["reg_lr"], 1) if isinstance(group["reg_lr"], float) else group["reg_lr"]:
+            check_magnitude(
+                "reg_lr", nu, torch.finfo(sdt).max, f"the coefficients of a tensor of shape {shape} are kept in {sdt}"
+            )
+
+    def can_regularize(self, tensor: Tensor) -> bool:
+        """What ``params=None`` takes: tensors with at least two elements per copy at the
+        default ``batch_dims`` (or none at all)."""
+        batch_dims = self.reg_defaults.get("batch_dims", 0)
+        if not isinstance(batch_dims, int) or tensor.ndim <= batch_dims or tensor.numel() == 0:
+            return True  # validate_group says what is wrong with too few dims
+        return tensor.numel() // math.prod(tensor.shape[:batch_dims]) >= 2
 
     def validate_state(self, key: Any, tensors: dict[str, Tensor]) -> None:
-        missing = set(self.state_names) - set(tensors)
+        missing = {"lam", "r_prev"} - set(tensors)
         if missing:
             raise ValueError(f"RLNOptimizer: the state of parameter {key!r} lacks {sorted(missing)}")
         super().validate_state(key, tensors)
 
     # ------------------------------------------------------------------ state in checkpoints
     def export_state(self) -> dict[Tensor, dict[str, Tensor]]:
-        """Unfold every coefficient (in place: the next step folds it again) and return the
-        state in the checkpoint's terms, ``lam`` and ``r_prev``."""
+        """Each weight's state as checkpoints hold it, without changing it: ``lam`` (the
+        coefficients, a new tensor), ``r_prev``, and ``folded`` (the folded coefficients with the
+        group's ``reg_lr``: what a resumed run continues from, bit for bit)."""
+        out = {}
         for p, state in self.reg_state.items():
-            _refold_(local(p), local(state["acc"]), local(state["r_prev"]), -self.folded.get(p, 0.0))
-            self.folded[p] = 0.0
-        return {p: {"lam": s["acc"], "r_prev": s["r_prev"]} for p, s in self.reg_state.items()}
+            group = self._group_of(p)
+            nu, batch_dims = group["reg_lr"], group["batch_dims"]
+            folded_now = state["folded"]
+            if not _same_setting(self._fold_nu[p], nu):
+                folded_now = _like(folded_now, _refolded(*self._locals(p), self._fold_nu[p], nu, batch_dims))
+            lam = _like(state["folded"], _refolded(*self._locals(p), self._fold_nu[p], 0.0, batch_dims))
+            out[p] = {"lam": lam, "r_prev": state["r_prev"], "folded": folded_now}
+        return out
 
     def import_state(self, state: dict[Tensor, dict[str, Tensor]], replace: bool = True) -> None:
-        """Take checkpoint state (``lam``, ``r_prev``) as this wrapper's (unfolded)."""
+        """Take checkpoint state as this wrapper's: ``folded`` where the checkpoint has it (it
+        is folded with the group's ``reg_lr``), else ``lam`` (unfolded; a checkpoint of
+        torch-rln 0.1, or one whose ``rln_folded`` was dropped to load edited coefficients)."""
         if replace:
-            self.reg_state, self.folded = {}, {}
+            self.reg_state, self._fold_nu = {}, {}
         for p, saved in state.items():
-            self.reg_state[p] = {"acc": saved["lam"], "r_prev": saved["r_prev"]}
-            self.folded[p] = 0.0
+            if "folded" in saved:
+                self.reg_state[p] = {"folded": saved["folded"], "r_prev": saved["r_prev"]}
+                self._fold_nu[p] = self._group_of(p)["reg_lr"]
+            else:
+                self.reg_state[p] = {"folded": saved["lam"], "r_prev": saved["r_prev"]}
+                self._fold_nu[p] = 0.0
+        self._caches.clear()
 
+    def _locals(self, p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        state = self.reg_state[p]
+        return local(p), local(state["folded"]), local(state["r_prev"])
+
+    # ------------------------------------------------------------------ reading
     def stats(self, names: NamedParams | None = None) -> dict[str, TensorStats]:
         """What RLN did to each regularized tensor: the fraction of weights exactly 0, the
         inputs eliminated (all-zero columns of a weight ``(out, in)``: a count and a boolean
@@ -717,38 +923,35 @@ class RLNOptimizer(RegularizedOptimizer):
         return rln_stats(self, names)
 
     def lambdas(self, param: Tensor) -> Tensor:
-        """The current log-coefficients of ``param`` (a copy, shaped like it).
+        """The current log-coefficients of ``param`` (a new tensor, shaped like it).
 
-        Before the first step that reaches ``param`` they are all ``avg_reg``.
+        Before the first step that reaches ``param`` they are ``avg_reg`` (per copy).
         """
         group = self._group_of(param)
         self._adopt_state_from_inner()
-        state = self.reg_state.get(param)
-        if state is None:
-            return torch.full_like(param, group["avg_reg"], dtype=state_dtype(param.dtype))
-        folded = self.folded.get(param, 0.0)
-        if folded == 0.0:
-            return state["acc"].clone()
-        return _like(state["acc"], _unfolded(local(param), local(state["acc"]), local(state["r_prev"]), folded))
+        if param not in self.reg_state:
+            return self._initial_coefficients(param, group)
+        folded = self.reg_state[param]["folded"]
+        return _like(folded, _refolded(*self._locals(param), self._fold_nu[param], 0.0, group["batch_dims"]))
 
     # ------------------------------------------------------------------ the pass
     def before_inner_step(self, has_closure: bool, grad_scale: Tensor | None) -> None:
         """Fold each coefficient with its group's current ``reg_lr`` against the weight as it
-        is now, before the inner step: after a checkpoint (unfolded) or a change of
-        ``reg_lr``. Nothing to do otherwise."""
+        is now, before the inner step: after a checkpoint of torch-rln 0.1 (unfolded) or a
+        change of ``reg_lr``. Nothing to do otherwise."""
         for group in self.reg_groups:
             nu = group["reg_lr"]
             for p in group["params"]:
-                state = self.reg_state.get(p)
-                if state is not None and self.folded.get(p, 0.0) != nu:
-                    _refold_(local(p), local(state["acc"]), local(state["r_prev"]), nu - self.folded.get(p, 0.0))
-                    self.folded[p] = nu
+                old = self._fold_nu.get(p)
+                if old is not None and not _same_setting(old, nu):
+                    _refolded(*self._locals(p), old, nu, group["batch_dims"], out=False)
+                    self._fold_nu[p] = nu
 
     def after_inner_step(self, context: Any) -> None:
-        resting = self._resting_ids()
-        update = None
-        for group in self.reg_groups:
-            stepped = [p for p in group["params"] if p.grad is not None]
+        resting = self.resting_ids()
+        held = self.held_ids()
+        for index, group in enumerate(self.reg_groups):
+            stepped = [p for p in group["params"] if p.grad is not None and id(p) in held]
             if not stepped:
                 continue
             new = self._create_state(stepped, group)
@@ -756,25 +959,40 @@ class RLNOptimizer(RegularizedOptimizer):
             for project in (True, False):
                 params = [p for p in moving if (p in new) != project]
                 if params:
-                    update = update or self._update
-                    update(params, group, project)
+                    self._update(index, params, group, project)
 
     def _create_state(self, params: list[Tensor], group: dict[str, Any]) -> set[Tensor]:
-        """State for the parameters that have none: ``a = Theta``, ``r_prev = 0``."""
+        """State for the parameters that have none (``a = Theta``, ``r_prev = 0``); the state
+        of the others follows its parameter to another device. Returns the new ones."""
         new = set()
         for p in params:
-            if p not in self.reg_state:
-                sdt = state_dtype(p.dtype)
+            state = self.reg_state.get(p)
+            if state is None:
                 self.reg_state[p] = {
-                    "acc": torch.full_like(p, group["avg_reg"], dtype=sdt),
-                    "r_prev": torch.zeros_like(p, dtype=sdt),
+                    "folded": self._initial_coefficients(p, group),
+                    "r_prev": torch.zeros_like(p, dtype=state_dtype(p.dtype)),
                 }
-                self.folded[p] = group["reg_lr"]
+                self._fold_nu[p] = group["reg_lr"]
                 new.add(p)
+            elif state["folded"].device != p.device:
+                self.reg_state[p] = {k: placed_like(v, p) for k, v in state.items()}
         return new
 
-    def _update(self, params: list[Tensor], group: dict[str, Any], project: bool) -> None:
-        """Run the update on ``params`` of one group, per (device, dtype)."""
+    @staticmethod
+    def _initial_coefficients(p: Tensor, group: dict[str, Any]) -> Tensor:
+        """``avg_reg`` (per copy), shaped and placed like ``p``, in its state dtype."""
+        theta = group["avg_reg"]
+        if isinstance(theta, float):
+            return torch.full_like(p, theta, dtype=state_dtype(p.dtype))
+        out = torch.empty_like(p, dtype=state_dtype(p.dtype))
+        rows = rows_of([[local(out)]], group["batch_dims"])
+        for row, value in zip(rows.rows[0][0], theta, strict=True):
+            row.fill_(value)
+        rows.write_back()
+        return out
+
+    def _update(self, index: int, params: list[Tensor], group: dict[str, Any], project: bool) -> None:
+        """Run the update on ``params`` of group ``index``, per (device, dtype)."""
         buckets: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
         for p in params:
             buckets.setdefault((local(p).device, p.dtype), []).append(p)
@@ -784,7 +1002,7 @@ class RLNOptimizer(RegularizedOptimizer):
             fn = self.implementation(device, dtype, sharded)
             fn(
                 [local(p) for p in members],
-                [local(self.reg_state[p]["acc"]) for p in members],
+                [local(self.reg_state[p]["folded"]) for p in members],
                 [local(self.reg_state[p]["r_prev"]) for p in members],
                 norm=group["norm"],
                 avg_reg=group["avg_reg"],
@@ -793,29 +1011,34 @@ class RLNOptimizer(RegularizedOptimizer):
                 batch_dims=group["batch_dims"],
                 shards=shards if sharded else None,
                 scratch=self._scratch,
+                cache=self._caches.setdefault((index, device, dtype, project, fn), {}),
             )
 
-    def _resting_ids(self) -> set[int]:
-        """The ids of the parameters in inner param groups whose ``lr`` is 0 (a Python number or
-        a CPU tensor; a learning rate on an accelerator is not read, which would sync)."""
-        resting: set[int] = set()
-        for group in self.param_groups:
-            lr = group.get("lr")
-            if isinstance(lr, Tensor):
-                zero = lr.device.type == "cpu" and lr.numel() == 1 and float(lr) == 0.0
-            elif isinstance(lr, bool):
-                zero = False
-            else:
-                zero = isinstance(lr, numbers.Real) and lr == 0
-            if zero:
-                resting.update(id(p) for p in group["params"])
-        return resting
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_caches"] = {}  # views of this object's tensors: a copy derives its own
+        return state
+
+
+def _setting(name: str, value: Any, batch_dims: int) -> Setting:
+    """A setting as a float, or (with ``batch_dims``) a tuple of floats, one per copy (from a
+    sequence or a 1-D NumPy array)."""
+    if isinstance(value, (numbers.Real, Tensor, str, bytes)) or not hasattr(value, "__len__"):
+        return check_finite(name, value)
+    if not batch_dims:
+        raise ValueError(f"Invalid {name}: {shown(value)} (one value per copy needs batch_dims >= 1)")
+    values = tuple(check_finite(f"{name}[{k}]", v) for k, v in enumerate(value))
+    if not values:
+        raise ValueError(f"Invalid {name}: {shown(value)} (expected a number, or one per copy)")
+    return values
+
+
+def _same_setting(a: Setting, b: Setting) -> bool:
+    return a is b or a == b
 
 
 def _like(template: Tensor, value: Tensor) -> Tensor:
     """``value`` (a local tensor) placed like ``template`` (a DTensor's local shard, or a plain tensor)."""
-    from ._sharding import is_sharded
-
     if is_sharded(template):
         from torch.distributed.tensor import DTensor
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
@@ -206,10 +207,12 @@ def _scales(
     return coefs
 
 
-def _fused_rmsln_kernel(w: Tensor, out: Tensor, reg_lambda: float, target: float, alpha: float) -> Tensor:
-    """``out += alpha * dR/dW`` for one 1-D tensor of at least 2 elements, written for
-    ``torch.compile`` to fuse (the same arithmetic as :func:`_single_tensor_rmsln`)."""
-    wf = w.to(torch.promote_types(w.dtype, torch.float32))
+def _fused_rmsln_kernel(w: Tensor, out: Tensor, settings: Tensor) -> Tensor:
+    """``out += alpha * dR/dW`` for one flat tensor of at least 2 elements, written for
+    ``torch.compile`` to fuse (the same arithmetic as :func:`_single_tensor_rmsln`).
+    ``settings`` holds ``reg_lambda``, ``target`` and ``alpha`` (float32 at least)."""
+    wf = w.to(settings.dtype)
+    reg_lambda, target, alpha = settings[0], settings[1], settings[2]
     sqrt_n = wf.numel() ** 0.5
     norm = torch.linalg.vector_norm(wf)
     rms = norm / sqrt_n
@@ -222,14 +225,26 @@ def _fused_rmsln_kernel(w: Tensor, out: Tensor, reg_lambda: float, target: float
 _KERNEL = CompiledKernel(_fused_rmsln_kernel, "RMSLN")
 
 
+def _kernel_key(device: torch.device, dtype: torch.dtype) -> tuple[str, torch.dtype]:
+    return (device.type, dtype)
+
+
+def _settings(reg_lambda: float, target: float, alpha: Alpha, w: Tensor) -> Tensor:
+    sdt = state_dtype(w.dtype)
+    if isinstance(alpha, Tensor):
+        fixed = torch.tensor([reg_lambda, target], dtype=sdt, device=w.device)
+        return torch.cat([fixed, alpha.detach().reshape(1).to(device=w.device, dtype=sdt)])
+    return torch.tensor([reg_lambda, target, float(alpha)], dtype=sdt, device=w.device)
+
+
 def compiled_kernel_works(device: torch.device, dtype: torch.dtype, insist: bool = False) -> bool:
     """Whether the compiled RMSLN kernel runs for weights of ``dtype`` on ``device`` (probed once)."""
 
-    def probe_args() -> tuple[Any, ...]:
-        w = torch.tensor([0.5, -0.25], device=device).to(dtype)
-        return w, torch.zeros_like(w), 0.1, 1.0, 1.0
+    def probe_args() -> tuple[Tensor, ...]:
+        w = torch.linspace(-1.0, 1.0, 5, device=device).to(dtype)  # 5 elements: no size the settings share
+        return w, torch.zeros_like(w), _settings(0.1, 1.0, 1.0, w)
 
-    return _KERNEL.works((device.type, dtype), probe_args, insist)
+    return _KERNEL.works(_kernel_key(device, dtype), probe_args, insist)
 
 
 def _compiled_rmsln(
@@ -243,28 +258,19 @@ def _compiled_rmsln(
 ) -> list[Tensor]:
     """The update through one compiled, fused kernel per tensor.
 
-    Compiled once per dtype, with dynamic shapes and dynamic float arguments, so every
-    model and setting in a process reuses it: compiling the foreach function instead would
-    compile again for every new number of tensors, and Dynamo stops (a hard error with
-    fullgraph) at 8 compilations of one function. Tensors of one element, non-contiguous
-    ones, and those scaled by a tensor learning rate (torch 2.14's compiler fails on a
-    0-d tensor argument here) take the foreach path; sharded ones never come here.
+    Compiled once per dtype, with dynamic shapes and the settings as a tensor, so every
+    model and setting in a process reuses it, and called without Dynamo (see
+    :mod:`torch_rln._implementations`). Tensors of one element and non-contiguous ones take
+    the foreach path; sharded ones never come here.
     """
     rms_list: list[Tensor | None] = [None] * len(params)
-    rest = {
-        i
-        for i, p in enumerate(params)
-        if p.numel() < 2
-        or not (p.is_contiguous() and outs[i].is_contiguous())
-        or (alphas is not None and isinstance(alphas[i], Tensor))
-    }
+    rest = {i for i, p in enumerate(params) if p.numel() < 2 or not (p.is_contiguous() and outs[i].is_contiguous())}
     for i, (p, out) in enumerate(zip(params, outs, strict=True)):
         if i in rest:
             continue
         alpha = 1.0 if alphas is None else alphas[i]
-        # view(-1).detach(): flat aliases without a _base, so Dynamo guards no base shape
-        flat_p, flat_out = p.view(-1).detach(), out.view(-1).detach()
-        rms_list[i] = _KERNEL(flat_p, flat_out, reg_lambdas[i], targets[i], alpha)
+        settings = _settings(reg_lambdas[i], targets[i], alpha, p)
+        rms_list[i] = _KERNEL(_kernel_key(p.device, p.dtype), p.detach().view(-1), out.detach().view(-1), settings)
     if rest:
         order = sorted(rest)
         rms_rest = _multi_tensor_rmsln(
@@ -389,7 +395,11 @@ class RMSLNWrapper(RegularizedOptimizer):
       ``.grad`` and returns ``loss + R(W)``, so a line search sees the regularized
       objective. One difference: gradient clipping between ``backward()`` and ``step()``
       (HF Trainer clips at 1.0 by default; Lightning with ``gradient_clip_val``) clips
-      the loss's gradient only, and the penalty's is added after it, unclipped.
+      the loss's gradient only, and the penalty's is added after it, unclipped. In an inner
+      param group with ``maximize=True`` the penalty's gradient is subtracted instead (the
+      inner step ascends ``.grad``; the penalty still pulls toward the target). A gradient
+      that already holds the penalty, unchanged since (a step retried after the inner step
+      raised, or a second ``step()`` without a new ``backward()``), does not get it twice.
     * decoupled (``decoupled=True``): after each inner step,
       :math:`W \leftarrow W - \text{lr}\,\partial R/\partial W`, with the gradient taken
       at the weights the inner step produced and ``lr`` the current learning rate of the
@@ -457,6 +467,7 @@ class RMSLNWrapper(RegularizedOptimizer):
             optimizer, params, {"reg_lambda": reg_lambda, "target": target}, foreach=foreach, compile=compile
         )
         self.decoupled = decoupled
+        self._penalty_marks: dict[Tensor, tuple[weakref.ref[Tensor], int]] = {}
         if decoupled:
             self._check_lr(self.param_groups, self._regularized_ids())
 
@@ -504,21 +515,45 @@ class RMSLNWrapper(RegularizedOptimizer):
 
     def _regularize(self, want_penalty: bool = False, grad_scale: Tensor | None = None) -> Tensor | None:
         """Add ``dR/dW`` to the grads (coupled; times ``grad_scale`` when they are still
-        scaled) or ``-lr dR/dW`` to the weights (decoupled), for the regularized parameters
-        that have a ``.grad``; with ``want_penalty``, return :math:`R(W)` over every
-        regularized tensor (from the same norms)."""
+        scaled, and with the sign flipped in param groups with ``maximize=True``) or
+        ``-lr dR/dW`` to the weights (decoupled), for the regularized parameters that have a
+        ``.grad``; with ``want_penalty``, return :math:`R(W)` over every regularized tensor
+        (from the same norms).
+
+        Coupled, a gradient that already holds the penalty (the same tensor, unchanged since
+        the penalty was added: a step retried after the inner step raised, or a second
+        ``step()`` without a new ``backward()``) does not get it again, as a loss with the
+        penalty would not."""
         params, reg_lambdas, targets = self._stepped()
+        if not self.decoupled:
+            keep = [i for i, p in enumerate(params) if not self._holds_penalty(p)]
+            if len(keep) < len(params):
+                params = [params[i] for i in keep]
+                reg_lambdas, targets = [reg_lambdas[i] for i in keep], [targets[i] for i in keep]
         rms: list[Tensor] = []
         if params:
-            alphas: list[Alpha] | None = None
-            if self.decoupled:
-                alphas = self._negative_lrs(params)
-            elif grad_scale is not None:
-                alphas = [grad_scale] * len(params)
+            alphas = self._negative_lrs(params) if self.decoupled else self._coupled_alphas(params, grad_scale)
             rms = self._add_gradients(params, reg_lambdas, targets, alphas)
+            if not self.decoupled:
+                for p in params:
+                    self._penalty_marks[p] = (weakref.ref(p.grad), p.grad._version)  # type: ignore[arg-type,union-attr]
         if not want_penalty:
             return None
         return self._penalty_from({id(p): r for p, r in zip(params, rms, strict=True)})
+
+    def _holds_penalty(self, p: Tensor) -> bool:
+        mark = self._penalty_marks.get(p)
+        return mark is not None and mark[0]() is p.grad and p.grad._version == mark[1]  # type: ignore[union-attr]
+
+    def _coupled_alphas(self, params: list[Tensor], grad_scale: Tensor | None) -> list[Alpha] | None:
+        """What the penalty's gradient is multiplied by before it joins ``.grad``: the scale of
+        gradients GradScaler left scaled, and -1 in param groups that maximize (their inner
+        step ascends ``.grad``, and the penalty must still pull toward the target)."""
+        ascending = {id(p) for g in self.param_groups if g.get("maximize") is True for p in g["params"]}
+        if grad_scale is None and not ascending:
+            return None
+        scale: Alpha = 1.0 if grad_scale is None else grad_scale
+        return [-scale if id(p) in ascending else scale for p in params]
 
     def _stepped(self) -> tuple[list[Tensor], list[float], list[float]]:
         """The regularized, non-empty parameters with a ``.grad``, and their groups' settings.
@@ -595,6 +630,11 @@ class RMSLNWrapper(RegularizedOptimizer):
             if term is not None:
                 total = term if total is None else total + term
         return torch.zeros(()) if total is None else total
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_penalty_marks"] = {}  # weak references to this process's gradients
+        return state
 
     # ------------------------------------------------------------------ the regularization pass
     def before_inner_step(self, has_closure: bool, grad_scale: Tensor | None) -> None:
