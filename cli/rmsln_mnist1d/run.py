@@ -9,21 +9,24 @@ import json
 from pathlib import Path
 from typing import Any
 
+import optuna
 from rich.console import Console
-from rich.progress import Progress, TaskID
 
-from . import rmsln_investigation, rmsln_mnist1d
-from .machine import machine
+from ..common.arguments import apply_arguments
+from ..common.machine import machine
+from ..common.progress import Bars, progress_bars
+from ..common.studies import make_storage
+from . import investigation, results
+from .experiment import Experiment
 from .plots import rmsln_curves_plot
-from .progress import apply_arguments, progress_bars
-from .report_rmsln import rmsln_markdown, show_rmsln
+from .protocol import HOLDOUT_BATCH, Settings
+from .report import rmsln_markdown, show_rmsln
 
 QUICK_RMSLN: dict[str, Any] = {"trials": 4, "trial_epochs": 3, "epochs": 5, "seeds": 2}
-INVESTIGATION_SEEDS = 3
 
 
-def rmsln_settings(args: argparse.Namespace, device: str) -> rmsln_mnist1d.Settings:
-    settings = rmsln_mnist1d.Settings(protocol=args.protocol, seed=args.seed, device=device, storage=args.storage)
+def rmsln_settings(args: argparse.Namespace, device: str) -> Settings:
+    settings = Settings(protocol=args.protocol, seed=args.seed, device=device, storage=args.storage)
     apply_arguments(settings, args, QUICK_RMSLN, ("trials", "trial_epochs", "epochs", "study_name", "batch_size"))
     if isinstance(args.seeds, list):
         settings.seed_list, settings.seeds = list(args.seeds), len(args.seeds)
@@ -37,56 +40,53 @@ def rmsln_settings(args: argparse.Namespace, device: str) -> rmsln_mnist1d.Setti
     return settings
 
 
-class RmslnProgress:
-    """The two bars: this phase (a study, the final runs, the investigation) and the whole run."""
-
-    def __init__(self, progress: Progress, settings: rmsln_mnist1d.Settings) -> None:
-        s = settings
-        total = 2 * s.trials * s.trial_epochs + 2 * s.seeds * s.epochs
-        if s.investigate:
-            total += rmsln_investigation.runs_planned(min(s.seeds, INVESTIGATION_SEEDS)) * s.epochs
-        self.progress = progress
-        self.overall: TaskID = progress.add_task("whole run", total=total)
-        self.current: TaskID = progress.add_task("starting", total=1)
-
-    def on_phase(self, label: str, epochs: int) -> None:
-        self.progress.reset(self.current, total=max(epochs, 1), description=label)
-
-    def on_epoch(self, count: int = 1) -> None:
-        self.progress.advance(self.current, count)
-        self.progress.advance(self.overall, count)
+def investigation_seeds(settings: Settings) -> list[int]:
+    return settings.final_seeds()[: investigation.SEEDS]
 
 
-def investigate(experiment: rmsln_mnist1d.Experiment, bars: RmslnProgress) -> dict[str, Any]:
+def planned_epochs(settings: Settings) -> int:
+    """The whole run's epochs: both studies, both models' final runs, and the investigation."""
+    s = settings
+    total = 2 * s.trials * s.trial_epochs + 2 * s.seeds * s.epochs
+    if s.investigate:
+        total += investigation.runs_planned(len(investigation_seeds(s))) * s.epochs
+    return total
+
+
+def investigate(experiment: Experiment, bars: Bars) -> dict[str, Any]:
     s = experiment.settings
-    seeds = s.final_seeds()[:INVESTIGATION_SEEDS]
-    bars.on_phase("investigation: batch sizes and penalty definitions", rmsln_investigation.runs_planned(len(seeds)))
-
-    def on_run() -> None:
-        bars.progress.advance(bars.current)
-        bars.progress.advance(bars.overall, s.epochs)
-
-    return rmsln_investigation.investigate(experiment.data, s, seeds, on_run)
+    seeds = investigation_seeds(s)
+    runs = investigation.runs_planned(len(seeds))
+    bars.phase("investigation: batch sizes and penalty definitions", runs * s.epochs)
+    return investigation.investigate(experiment.data, s, seeds, lambda: bars.advance(s.epochs))
 
 
-def run_experiment(settings: rmsln_mnist1d.Settings, storage: str, console: Console) -> dict[str, Any]:
+def run_experiment(settings: Settings, storage: str, console: Console) -> dict[str, Any]:
     with progress_bars(console) as progress:
-        bars = RmslnProgress(progress, settings)
-        experiment = rmsln_mnist1d.Experiment(settings, storage, bars.on_phase, bars.on_epoch, progress.console.log)
+        total = planned_epochs(settings)
+        bars = Bars(progress, lambda _: total)
+        experiment = Experiment(settings, storage, bars)
         result = experiment.run()
-        investigation = None
+        found = None
         if settings.investigate and not result.interrupted:
             try:
-                investigation = investigate(experiment, bars)
+                found = investigate(experiment, bars)
             except KeyboardInterrupt:
                 result.interrupted = True
-        progress.update(bars.overall, total=progress.tasks[bars.overall].completed)
-    return rmsln_mnist1d.to_json(result, experiment.batch_size, investigation)
+        bars.finish()
+    return results.to_json(result, experiment.batch_size, found)
 
 
-def run_rmsln(args: argparse.Namespace, device: str, out: Path, console: Console) -> tuple[int, str]:
-    import optuna
+def check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """A ``--storage`` that does not open exits with status 2."""
+    if args.storage:
+        try:
+            make_storage(args.storage, args.heartbeat or Settings.heartbeat_seconds)
+        except Exception as error:  # noqa: BLE001 - any failure to open it is the user's to fix
+            parser.error(f"--storage {args.storage}: cannot open this Optuna storage ({type(error).__name__}: {error})")
 
+
+def run(args: argparse.Namespace, device: str, out: Path, console: Console) -> tuple[int, str]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings = rmsln_settings(args, device)
     storage = settings.storage or f"sqlite:///{(out / 'optuna-rmsln-mnist1d.db').resolve()}"
@@ -94,7 +94,7 @@ def run_rmsln(args: argparse.Namespace, device: str, out: Path, console: Console
     console.print(
         f"protocol [bold]{settings.protocol}[/], {settings.trials} trials x {settings.trial_epochs} epochs per model, "
         f"final {settings.seeds} seeds x {settings.epochs} epochs, batch "
-        f"{settings.batch_size or ('the whole training set' if settings.protocol == 'published' else 100)}, "
+        f"{settings.batch_size or ('the whole training set' if settings.protocol == 'published' else HOLDOUT_BATCH)}, "
         f"device {device}, storage {storage}"
     )
     report = run_experiment(settings, storage, console)

@@ -1,5 +1,5 @@
-"""The RLN experiment's report: its tables (one builder for the terminal and report.md),
-the published claims, and the section on how this run differs from the published one."""
+"""The RLN experiment's report: its tables (one description each, for the terminal and
+report.md), the published claims, and how the run differs from the published one."""
 
 from __future__ import annotations
 
@@ -7,13 +7,10 @@ from typing import Any
 
 from rich.console import Console
 
-from .rln_analysis import rule_text
-from .rln_boston import MODEL_NAMES, MODELS, PUBLISHED, config_label, matches
-from .tables import TableSpec
+from ..common.tables import Column, TableSpec, build, field_mean_std, field_number, mean_std
+from .protocol import MODEL_NAMES, MODELS, PUBLISHED, REAL_FEATURES, config_label, matches, rule_text
 
-
-def _ms(mean: float, std: float) -> str:
-    return f"{mean:.2f} ({std:.2f})"
+Row = dict[str, Any]
 
 
 def _ci(mean: float | None, ci: list[float] | None) -> str:
@@ -22,20 +19,24 @@ def _ci(mean: float | None, ci: list[float] | None) -> str:
     return f"{mean:.2f}" + ("" if ci is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]")
 
 
-def published_for(run: dict[str, Any]) -> str:
+def _published(p: dict[str, Any]) -> str:
+    return mean_std(p["mse_mean"], p["mse_std"])
+
+
+def published_for(run: Row) -> str:
     """The published figure beside the same configuration, and the published best beside our
     best of the same model (naming its configuration where it differs from ours)."""
     p = PUBLISHED.get(run["model"])
     if not p:
         return ""
     if matches(run, p):
-        return _ms(p["mse_mean"], p["mse_std"])
+        return _published(p)
     if run.get("selected"):
-        return f"best: {_ms(p['mse_mean'], p['mse_std'])}, {config_label({'model': run['model'], **p})}"
+        return f"best: {_published(p)}, {config_label({'model': run['model'], **p})}"
     return ""
 
 
-def collapsed_cell(run: dict[str, Any]) -> str:
+def collapsed_cell(run: Row) -> str:
     """``0``, or the count with each collapsed repeat and the first epoch it was seen collapsed."""
     if not run["collapsed"]:
         return "0"
@@ -43,113 +44,72 @@ def collapsed_cell(run: dict[str, Any]) -> str:
     return f"{len(run['collapsed'])} ({where})"
 
 
-def configurations_table(result: dict[str, Any], protocol: str, title_suffix: str = "") -> TableSpec:
-    score = "test MSE" if protocol == "published" else "validation MSE"
-    table = TableSpec(
-        f"Every configuration{title_suffix}: {score}, mean (std) over repeats; * the best of each model",
-        [
-            "configuration",
-            "MSE",
-            "median",
-            "mean, not collapsed",
-            "as Keras reports",
-            "collapsed",
-            "published (as Keras reports)",
-            "seconds",
-        ],
-    )
-    for run in result["runs"]:
-        alive = run["mse_mean_alive"]
-        table.add(
-            ("* " if run["selected"] else "  ") + config_label(run),
-            _ms(run["mse_mean"], run["mse_std"]),
-            f"{run['mse_median']:.2f}",
-            "-" if alive is None else f"{alive:.2f}",
-            _ms(run["keras_loss_mean"], run["keras_loss_std"]),
-            collapsed_cell(run),
-            published_for(run),
-            f"{run['seconds']:.0f}",
-        )
-    return table
+def _of_real(key: str) -> Column[Row]:
+    return Column(f"of the {REAL_FEATURES} real", lambda f: f"{f.get(key, 0):.1f} / {REAL_FEATURES}")
 
 
-def holdout_table(result: dict[str, Any]) -> TableSpec:
-    table = TableSpec(
-        "Chosen on validation, scored once on the test set",
-        ["model", "configuration", "test MSE", "as Keras reports", "published (as Keras reports)"],
-    )
-    for name, best in result["best"].items():
-        if "test_mse_mean" in best:
-            p = PUBLISHED[name]
-            table.add(
-                name,
-                config_label(best),
-                _ms(best["test_mse_mean"], best["test_mse_std"]),
-                _ms(best["test_keras_loss_mean"], best["test_keras_loss_std"]),
-                _ms(p["mse_mean"], p["mse_std"]),
-            )
-    return table
+PUBLISHED_COLUMN: Column[Row] = Column("published (as Keras reports)", lambda row: _published(PUBLISHED[row["model"]]))
 
-
-def features_table(result: dict[str, Any]) -> TableSpec:
-    table = TableSpec(
-        "Feature recovery of the best models (mean over repeats)",
-        [
-            "model",
-            "real features in the top 13",
-            "first-layer weights exactly 0",
-            "inputs eliminated",
-            "of the 13 real",
-            "of the noise",
-        ],
-    )
-    for name, f in result["features"].items():
-        table.add(
-            MODEL_NAMES.get(name, name),
-            f"{f['real_in_top13_mean']:.1f} / 13",
-            f"{f['zero_fraction_mean']:.1%}",
-            f"{f.get('eliminated_mean', 0):.1f}",
-            f"{f.get('eliminated_real_mean', 0):.1f} / 13",
-            f"{f.get('eliminated_noise_mean', 0):.1f} / {f.get('noise_inputs', 0)}",
-        )
-    return table
-
-
-def summary_table(summary: dict[str, Any]) -> TableSpec:
-    table = TableSpec(
-        "Best model of each seed, across the seeds where its search finished: mean [95% t interval]",
-        [
-            "model",
-            "seeds",
-            "test MSE",
-            "as Keras reports",
-            "published (as Keras reports)",
-            "distance, published stds",
-            "collapsed repeats per seed",
-        ],
-    )
-    for name in MODELS:
-        b, p = summary["best"][name], PUBLISHED[name]
-        stds = b["published_stds"]
-        table.add(
-            name,
-            ", ".join(map(str, b["seeds"])) or "none",
-            _ci(b["mse_mean"], b["mse_ci95"]),
-            _ci(b["keras_loss_mean"], b["keras_loss_ci95"]),
-            _ms(p["mse_mean"], p["mse_std"]),
-            "-" if stds is None else f"{stds:+.2f}",
-            ", ".join(map(str, b["collapsed_per_seed"])),
-        )
-    return table
+CONFIGURATION_COLUMNS: tuple[Column[Row], ...] = (
+    Column("configuration", lambda run: ("* " if run["selected"] else "  ") + config_label(run)),
+    Column("MSE", field_mean_std("mse")),
+    Column("median", field_number("mse_median")),
+    Column("mean, not collapsed", field_number("mse_mean_alive")),
+    Column("as Keras reports", field_mean_std("keras_loss")),
+    Column("collapsed", collapsed_cell),
+    Column("published (as Keras reports)", published_for),
+    Column("seconds", field_number("seconds", ".0f")),
+)
+HOLDOUT_COLUMNS: tuple[Column[Row], ...] = (
+    Column("model", lambda best: str(best["model"])),
+    Column("configuration", config_label),
+    Column("test MSE", field_mean_std("test_mse")),
+    Column("as Keras reports", field_mean_std("test_keras_loss")),
+    PUBLISHED_COLUMN,
+)
+FEATURE_COLUMNS: tuple[Column[Row], ...] = (
+    Column("model", lambda f: MODEL_NAMES[f["model"]]),
+    Column(f"real features in the top {REAL_FEATURES}", lambda f: f"{f['real_in_top13_mean']:.1f} / {REAL_FEATURES}"),
+    Column("first-layer weights exactly 0", field_number("zero_fraction_mean", ".1%")),
+    Column("inputs eliminated", field_number("eliminated_mean", ".1f", missing="0.0")),
+    _of_real("eliminated_real_mean"),
+    Column("of the noise", lambda f: f"{f.get('eliminated_noise_mean', 0):.1f} / {f.get('noise_inputs', 0)}"),
+)
+SUMMARY_COLUMNS: tuple[Column[Row], ...] = (
+    Column("model", lambda b: str(b["model"])),
+    Column("seeds", lambda b: ", ".join(map(str, b["seeds"])) or "none"),
+    Column("test MSE", lambda b: _ci(b["mse_mean"], b["mse_ci95"])),
+    Column("as Keras reports", lambda b: _ci(b["keras_loss_mean"], b["keras_loss_ci95"])),
+    PUBLISHED_COLUMN,
+    Column("distance, published stds", field_number("published_stds", "+.2f")),
+    Column("collapsed repeats per seed", lambda b: ", ".join(map(str, b["collapsed_per_seed"]))),
+)
 
 
 def result_tables(result: dict[str, Any], protocol: str, title_suffix: str = "") -> list[TableSpec]:
-    tables = [configurations_table(result, protocol, title_suffix)]
-    if protocol == "holdout" and result["best"]:
-        tables.append(holdout_table(result))
+    score = "test MSE" if protocol == "published" else "validation MSE"
+    tables = [
+        build(
+            f"Every configuration{title_suffix}: {score}, mean (std) over repeats; * the best of each model",
+            CONFIGURATION_COLUMNS,
+            result["runs"],
+        )
+    ]
+    tested = [best for best in result["best"].values() if "test_mse_mean" in best]
+    if protocol == "holdout" and tested:
+        tables.append(build("Chosen on validation, scored once on the test set", HOLDOUT_COLUMNS, tested))
     if result["features"]:
-        tables.append(features_table(result))
+        rows = [{"model": name, **f} for name, f in result["features"].items()]
+        tables.append(build("Feature recovery of the best models (mean over repeats)", FEATURE_COLUMNS, rows))
     return tables
+
+
+def summary_table(summary: dict[str, Any]) -> TableSpec:
+    return build(
+        "Best model of each seed, across the seeds where its search finished: mean [95% t interval]",
+        SUMMARY_COLUMNS,
+        [{"model": name, **summary["best"][name]} for name in MODELS],
+    )
 
 
 def seed_results(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

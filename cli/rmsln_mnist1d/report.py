@@ -1,6 +1,6 @@
 """The RMSLN experiment's report: the final runs, the comparison with the published claim,
-and the investigation of the write-up's figures (one table builder for the terminal and
-report.md)."""
+and the investigation of the write-up's figures (one description of each table, for the
+terminal and report.md)."""
 
 from __future__ import annotations
 
@@ -8,62 +8,70 @@ from typing import Any
 
 from rich.console import Console
 
-from .rmsln_mnist1d import MODELS, PUBLISHED
-from .stats import paired
-from .tables import TableSpec
+from ..common.stats import paired
+from ..common.tables import Column, TableSpec, build, field_mean_std, mean_std
+from .protocol import MODELS, PUBLISHED
+
+Row = dict[str, Any]
 
 
 def _params(params: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.3g}" for k, v in params.items())
 
 
+def _published_final(row: Row) -> str:
+    published = PUBLISHED[row["model"]]
+    return f"{published['final_val_loss']} ({_params(published['params'])})"
+
+
+FINAL_COLUMNS: tuple[Column[Row], ...] = (
+    Column("model", lambda f: str(f["model"])),
+    Column("best params (ours)", lambda f: _params(f["params"])),
+    Column("final loss", field_mean_std("val_loss", 4)),
+    Column("minimum loss", field_mean_std("min_val_loss", 4)),
+    Column("final accuracy", field_mean_std("acc", 1, percent=True)),
+    Column("published final loss", _published_final),
+)
+
+
+def _loss(row: Row) -> str:
+    return mean_std(row["mean"], row["std"], 4)
+
+
 def finals_table(report: dict[str, Any]) -> TableSpec:
     seeds = len(report["settings"]["final_seeds"])
-    table = TableSpec(
-        f"Final runs: validation loss and accuracy, mean (std) over {seeds} seeds",
-        ["model", "best params (ours)", "final loss", "minimum loss", "final accuracy", "published final loss"],
-    )
-    for name in MODELS:
-        f, published = report["final"].get(name), PUBLISHED[name]
-        if f is not None:
-            table.add(
-                name,
-                _params(f["params"]),
-                f"{f['val_loss_mean']:.4f} ({f['val_loss_std']:.4f})",
-                f"{f['min_val_loss_mean']:.4f} ({f['min_val_loss_std']:.4f})",
-                f"{f['acc_mean']:.1%} ({f['acc_std']:.1%})",
-                f"{published['final_val_loss']} ({_params(published['params'])})",
-            )
-    return table
+    rows = [{"model": name, **report["final"][name]} for name in MODELS if name in report["final"]]
+    return build(f"Final runs: validation loss and accuracy, mean (std) over {seeds} seeds", FINAL_COLUMNS, rows)
 
 
 def batch_table(investigation: dict[str, Any]) -> TableSpec:
-    seeds = len(investigation["seeds"])
-    table = TableSpec(
+    seeds, full = len(investigation["seeds"]), investigation["batches"][0]["batch"]
+    columns: tuple[Column[Row], ...] = (
+        Column("batch", lambda row: f"{row['batch']} (the whole training set)" if row["full"] else str(row["batch"])),
+        Column("Adam steps", lambda row: str(investigation["epochs"] * -(-full // row["batch"]))),
+        Column("final validation loss", _loss),
+    )
+    return build(
         f"Baseline with the write-up's lr {PUBLISHED['baseline']['params']['lr']:.4g} by batch: final validation "
         f"loss, mean (std) over {seeds} seeds (published: {PUBLISHED['baseline']['final_val_loss']})",
-        ["batch", "Adam steps", "final validation loss"],
+        columns,
+        investigation["batches"],
     )
-    for row in investigation["batches"]:
-        n = row["batch"]
-        label = f"{n} (the whole training set)" if row["full"] else str(n)
-        steps = investigation["epochs"] * -(-investigation["batches"][0]["batch"] // n)
-        table.add(label, str(steps), f"{row['mean']:.4f} ({row['std']:.4f})")
-    return table
 
 
 def definitions_table(investigation: dict[str, Any]) -> TableSpec:
     p = PUBLISHED["rmsln"]
-    table = TableSpec(
+    columns: tuple[Column[Row], ...] = (
+        Column("definition", lambda row: str(row["description"])),
+        Column("final validation loss", _loss),
+        Column("minus the published", lambda row: f"{row['mean'] - p['final_val_loss']:+.4f}"),
+    )
+    return build(
         f"RMSLN's penalty, candidate definitions at full batch (lr {p['params']['lr']:.4g}, reg_lambda "
         f"{p['params']['reg_lambda']:.3g}): final validation loss (published: {p['final_val_loss']})",
-        ["definition", "final validation loss", "minus the published"],
+        columns,
+        investigation["definitions"],
     )
-    for row in investigation["definitions"]:
-        table.add(
-            row["description"], f"{row['mean']:.4f} ({row['std']:.4f})", f"{row['mean'] - p['final_val_loss']:+.4f}"
-        )
-    return table
 
 
 def tables(report: dict[str, Any]) -> list[TableSpec]:
@@ -85,7 +93,7 @@ def comparison_lines(report: dict[str, Any]) -> list[str]:
         c = comparison[key]
         ci = "" if c["ci95"] is None else f", 95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]"
         lines.append(f"RMSLN - baseline, {label} validation loss, paired by seed: {c['mean']:+.4f}{ci}")
-    lines.append(f"Published claim 'RMSLN did not help': {comparison['verdict']}.")
+    lines.append(f"Published claim '{PUBLISHED['conclusion']}': {comparison['verdict']}.")
     return lines
 
 
@@ -101,8 +109,8 @@ def batch_line(inv: dict[str, Any]) -> str:
     )
 
 
-def penalty_line(inv: dict[str, Any]) -> str:
-    rows = {row["name"]: row for row in inv["definitions"]}
+def penalty_line(inv: dict[str, Any], rows: dict[str, Row]) -> str:
+    """The candidate definitions against the published figure; ``rows``: the definitions by name."""
     closest, target = inv["closest"], PUBLISHED["rmsln"]["final_val_loss"]
     near = abs(closest["distance"]) <= max(0.01, 2 * rows[closest["name"]]["std"])
     verdict = "within the seeds' spread of it" if near else "no definition lands within 0.01 or two stds of it"
@@ -114,8 +122,8 @@ def penalty_line(inv: dict[str, Any]) -> str:
     )
 
 
-def control_line(inv: dict[str, Any]) -> str:
-    rows = {row["name"]: row for row in inv["definitions"]}
+def control_line(rows: dict[str, Row]) -> str:
+    """The library's RMSLN against plain Adam at the same lr, seed by seed."""
     c = paired(rows["adam"]["final_val_loss"], rows["library"]["final_val_loss"])
     ci = "" if c["ci95"] is None else f", 95% t interval [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]"
     return (
@@ -126,7 +134,10 @@ def control_line(inv: dict[str, Any]) -> str:
 
 def investigation_lines(report: dict[str, Any]) -> list[str]:
     inv = report.get("investigation")
-    return [batch_line(inv), penalty_line(inv), control_line(inv)] if inv else []
+    if not inv:
+        return []
+    rows = {row["name"]: row for row in inv["definitions"]}
+    return [batch_line(inv), penalty_line(inv, rows), control_line(rows)]
 
 
 def settings_line(report: dict[str, Any]) -> str:
