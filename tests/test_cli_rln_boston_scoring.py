@@ -197,6 +197,9 @@ def test_several_seeds_json_report_and_plot(monkeypatch, tmp_path, capsys):
     text = (tmp_path / "report.md").read_text()
     assert "How this run differs from the published one" in text and "1 (#3 by epoch 8)" in text
     assert "| rln | 0, 1 |" in text and "held in" in out
+    # The text states the run's numbers (3 epochs, 3 repeats under --quick), never fixed findings.
+    assert "Checked after epochs 1, 2 and the last (3)." in text and "as 3 separate models" in text
+    assert "108.1" not in text and "issue 11 records a trial" in text
     assert (tmp_path / "rln-boston-mse.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

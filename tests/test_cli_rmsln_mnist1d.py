@@ -82,6 +82,8 @@ def test_quick_run_end_to_end(tmp_path, capsys):
     assert "1.3054" in out and "Published claim" in out
     text = (tmp_path / "report.md").read_text()
     assert "candidate definitions at full batch" in text and "minus plain Adam at the same lr" in text
+    assert "the mean curve's minimum: baseline at epoch" in text and "of 5; rmsln at epoch" in text
+    assert "here the final loss" in text  # the batch table's trend, read off this run
 
 
 def test_published_protocol_trains_full_batch_unless_told():

@@ -1,5 +1,9 @@
 """The RLN experiment's report: its tables (one description each, for the terminal and
-report.md), the published claims, and how the run differs from the published one."""
+report.md), the published claims, and how the run differs from the published one.
+
+Every number in the text comes from the run's JSON or, labelled as published, from
+:data:`~.protocol.PUBLISHED`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
+from ..common.stacked import COLLAPSE_STD_RATIO, KERAS_TRUNCATED_NORMAL_STD, collapse_check_epochs
 from ..common.tables import Column, TableSpec, build, field_mean_std, field_number, mean_std
 from .protocol import MODEL_NAMES, MODELS, PUBLISHED, REAL_FEATURES, config_label, matches, rule_text
 
@@ -169,15 +174,16 @@ def scoring_paragraph(report: dict[str, Any]) -> list[str]:
             f" Here the best L1 model scores {mse:.2f} in test MSE and {keras:.2f} as Keras reports it "
             f"(mean over {len(l1)} seed(s)): the penalty adds {keras - mse:.2f}."
         )
+    published = PUBLISHED["l1"]
     return [
         "- **Scoring.** The published figures are what Keras' `model.evaluate` returned. In the Keras 2.0.x the "
         "tutorial ran on, `compile()` adds every layer's regularization loss to `total_loss` (keras/engine/"
         "training.py: *Add regularization penalties ... for loss_tensor in self.losses: total_loss += "
         "loss_tensor*), `_make_test_function` returns `[self.total_loss] + self.metrics_tensors`, and "
-        "`regularizers.l1` is `K.sum(self.l1 * K.abs(x))`. So the published L1 figure, 48.57, is test MSE "
-        "+ 0.1·Σ|W1| at the end of training; the none and RLN figures carry no penalty (RLN's callback adds no "
-        f"loss term). The tables give both; the claims are checked both ways.{ours} Test MSE alone is the figure "
-        "a user should care about."
+        "`regularizers.l1` is `K.sum(self.l1 * K.abs(x))`. So the published L1 figure "
+        f"({published['mse_mean']}, published) is test MSE + {published['l1']:g}·Σ|W1| at the end of training; "
+        "the none and RLN figures carry no penalty (RLN's callback adds no loss term). The tables give both; the "
+        f"claims are checked both ways.{ours} Test MSE alone is the figure a user should care about."
     ]
 
 
@@ -205,6 +211,14 @@ def depth_if_excluded(report: dict[str, Any]) -> list[str]:
     return ["Among the depths tried, the mean over the repeats that did not collapse picks: " + "; ".join(notes) + "."]
 
 
+def _check_epochs(epochs: int) -> str:
+    """The epochs of :func:`collapse_check_epochs` in words: ``1, 2, 4, ..., 64 and the last (100)``."""
+    before: list[int | str] = list(collapse_check_epochs(epochs)[:-1])
+    if len(before) > 4:
+        before = [*before[:3], "...", before[-1]]
+    return (", ".join(map(str, before)) + " and " if before else "") + f"the last ({epochs})"
+
+
 def collapse_paragraph(report: dict[str, Any]) -> list[str]:
     runs = _all_runs(report)
     trained = sum(r["repeats"] for r in runs)
@@ -214,10 +228,11 @@ def collapse_paragraph(report: dict[str, Any]) -> list[str]:
     where = "; ".join(f"{config_label(r)}: {len(r['collapsed'])}" for r in hit) or "none"
     return [
         "- **Collapsed repeats.** A repeat has *collapsed* when its network no longer responds to its input: "
-        "its predictions on the training set have a std below 1e-3 of the targets' std, or a hidden layer has no "
-        "unit active on any training input. Such a layer passes only zeros on and no gradient reaches the weights "
-        "before it, so with RMSprop it never recovers; the output is a constant that only the later biases move, "
-        "and the score is the MSE of a constant. Checked after epochs 1, 2, 4, ..., 64 and the last. "
+        f"its predictions on the training set have a std below {COLLAPSE_STD_RATIO:g} of the targets' std, or a "
+        "hidden layer has no unit active on any training input. Such a layer passes only zeros on and no gradient "
+        "reaches the weights before it, so with RMSprop it never recovers; the output is a constant that only the "
+        "later biases move, and the score is the MSE of a constant. "
+        f"Checked after epochs {_check_epochs(report['settings']['epochs'])}. "
         f"In this run {count} of {trained} trained repeats collapsed{score} (by configuration: {where}). "
         "The published protocol's search keeps them in the mean, and one such repeat can move the chosen depth; "
         "`--exclude-collapsed` searches with the mean over the others instead. "
@@ -226,19 +241,19 @@ def collapse_paragraph(report: dict[str, Any]) -> list[str]:
     ]
 
 
-def seeding_paragraphs() -> list[str]:
+def seeding_paragraphs(report: dict[str, Any]) -> list[str]:
+    repeats = report["settings"]["repeats"]
     return [
         "- **Seeds.** The notebook drew its noise features before its `seed(...)` call and never seeded its "
         "TensorFlow backend, so its figures are one unrepeatable draw of noise, initializations and shuffles. "
         "Ours come from NumPy's and torch's streams, so no single number can match it; `--seeds` reruns the "
         "whole protocol on several draws and gives the spread.",
         "- **Initialization.** Keras 2.0.x's `glorot_normal` draws a truncated normal without rescaling it, so "
-        "its std is about 0.88 of the nominal value; ours follows Keras >= 2.2.3 (rescaled). The trial recorded "
-        "in issue 11 with the 2.0.x convention (seeds 1 and 2, depth 4, 10 repeats) moved nothing "
-        "systematically: none 108.1 / 103.9 (against 103.8 / 101.7), L1 as Keras reports it 51.3 / 54.8 "
-        "(against 49.3 / 56.8), RLN 22.0 / 27.9 (against 22.1 / 26.6). No option is offered for it.",
-        "- **Training.** The repeats of a configuration train together as one stacked model with batched "
-        "matmuls: the same math as ten separate models (tested), in a tenth of the steps.",
+        f"its std is {KERAS_TRUNCATED_NORMAL_STD:.2f} of the nominal value (the std of a standard normal cut at "
+        "two stds); ours follows Keras >= 2.2.3 (rescaled). No option is offered for the older convention; "
+        "issue 11 records a trial with it.",
+        f"- **Training.** The {repeats} repeats of a configuration train together as one stacked model with "
+        f"batched matmuls: the same math as {repeats} separate models (tested), in 1/{repeats} of the steps.",
     ]
 
 
@@ -267,7 +282,7 @@ def differences_section(report: dict[str, Any]) -> list[str]:
         *scoring_paragraph(report),
         *collapse_paragraph(report),
         *selection_paragraph(report),
-        *seeding_paragraphs(),
+        *seeding_paragraphs(report),
     ]
 
 
@@ -275,14 +290,15 @@ def header_lines(report: dict[str, Any]) -> list[str]:
     s = report["settings"]
     seeds = s.get("seeds", [s["seed"]])
     return [
-        "## RLN vs L1 vs none: Boston housing + 1000 noise features",
+        f"## RLN vs L1 vs none: Boston housing + {s['noise_features']} noise features",
         "",
         f"Protocol: **{report['protocol']}**, configurations selected on the {report['selection']}. "
         f"Seeds {', '.join(map(str, seeds))}; {s['repeats']} repeats x {s['epochs']} epochs, batch {s['batch_size']}, "
         f"device {s['device']}; {report['seconds']:.0f} s.",
         "",
         "The data set's feature `B` encodes a racial statistic of each town (`1000 (Bk - 0.63)^2`), which is why "
-        "some libraries dropped Boston housing; the published experiment uses all 13 features and so do we.",
+        f"some libraries dropped Boston housing; the published experiment uses all {REAL_FEATURES} features and so "
+        "do we.",
         "",
     ]
 
