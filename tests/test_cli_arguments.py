@@ -27,6 +27,7 @@ from torch_rln_cli import main as cli_main  # noqa: E402
         (["rmsln", "--batch-size", "0"], "invalid --batch-size: '0'"),
         (["rmsln", "--seeds", "0"], "invalid --seeds: '0'"),
         (["rmsln", "--storage", "nosuchdb://x"], "--storage nosuchdb://x: cannot open this Optuna storage"),
+        (["rmsln", "--investigate", "--protocol", "holdout"], "--investigate: the investigation reproduces"),
     ],
 )
 def test_bad_arguments_exit_2_and_name_them(argv, message, capsys, tmp_path):
@@ -56,5 +57,6 @@ def test_missing_extra_names_the_install_command(monkeypatch, capsys):
 
 def test_every_experiment_is_a_choice_with_its_own_options():
     parser = cli_main.build_parser()
-    args = parser.parse_args(["bench", "rmsln", "--trials", "3", "--rln-grid=-10:6"])
-    assert args.experiment == "rmsln" and args.trials == 3 and args.rln_grid == [(-10.0, 6.0)]
+    args = parser.parse_args(["bench", "rmsln", "--investigate", "--rln-grid=-10:6"])
+    assert args.experiment == "rmsln" and args.investigate is True and args.rln_grid == [(-10.0, 6.0)]
+    assert parser.parse_args(["bench"]).investigate is False  # the investigation is opt-in

@@ -56,7 +56,7 @@ def run_cli(argv, capsys):
 
 
 def test_quick_run_end_to_end(tmp_path, capsys):
-    code, out = run_cli([*QUICK, "--out", str(tmp_path)], capsys)
+    code, out = run_cli([*QUICK, "--investigate", "--out", str(tmp_path)], capsys)
     assert code == 0, out
     report = json.loads((tmp_path / "rmsln-mnist1d.json").read_text())
     assert {"experiment", "protocol", "best_params", "final", "published", "comparison", "seconds"} <= set(report)
@@ -84,6 +84,17 @@ def test_quick_run_end_to_end(tmp_path, capsys):
     assert "candidate definitions at full batch" in text and "minus plain Adam at the same lr" in text
     assert "the mean curve's minimum: baseline at epoch" in text and "of 5; rmsln at epoch" in text
     assert "here the final loss" in text  # the batch table's trend, read off this run
+
+
+def test_investigation_is_off_by_default_and_the_report_says_how_to_run_it(tmp_path, capsys):
+    code, out = run_cli([*QUICK, "--trials", "2", "--out", str(tmp_path)], capsys)
+    assert code == 0, out
+    report = json.loads((tmp_path / "rmsln-mnist1d.json").read_text())
+    assert report["investigation"] is None
+    text = (tmp_path / "report.md").read_text()
+    assert "`torch-rln bench rmsln --investigate`" in text and "candidate definitions at full batch" not in text
+    runs = rmsln_investigation.runs_planned(2)  # the quick run's two final seeds
+    assert f"{runs} more training runs of 5 epochs" in text
 
 
 def test_published_protocol_trains_full_batch_unless_told():

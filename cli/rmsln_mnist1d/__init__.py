@@ -9,8 +9,7 @@ setting with several seeds and compares them seed by seed, with a confidence int
 * Data: MNIST-1D regenerated offline (4000 training / 1000 test sequences of length 40).
 * Model: MLP 40 -> 100 -> 100 -> 10 with ReLU, cross-entropy, Adam. Batch: the whole
   training set under ``protocol="published"`` (100 Adam steps in 100 epochs: the write-up
-  does not give its batch, and only full batch comes near its figures; the report's batch
-  table shows why),
+  does not give its batch; ``--investigate`` measures which batch comes near its figures),
   100 under ``protocol="holdout"``; ``batch_size`` sets either.
 * ``protocol="published"``: trials and final curves use the 1000-sequence split that the
   write-up calls validation. ``protocol="holdout"``: trials and curves use a validation
@@ -26,6 +25,6 @@ Modules, in the order a run uses them: :mod:`.arguments` (the command-line optio
 :mod:`.protocol` (settings and the published figures), :mod:`.data`, :mod:`.training` (the
 model and its training loop), :mod:`.tuning` (the Optuna studies), :mod:`.experiment`
 (tuning, then the final runs), :mod:`.results` (summaries, the verdict, the JSON),
-:mod:`.investigation` (where the write-up's figures come from),
+:mod:`.investigation` (``--investigate``: where the write-up's figures come from),
 :mod:`.report`, :mod:`.plots` and :mod:`.run` (the command's runner).
 """

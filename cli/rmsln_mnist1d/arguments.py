@@ -42,3 +42,9 @@ def add_arguments(rmsln: argparse._ArgumentGroup) -> None:
         metavar="SECONDS",
         help="Optuna heartbeat: a dead worker's trial is marked failed after 3 missed beats (default 10)",
     )
+    rmsln.add_argument(
+        "--investigate",
+        action="store_true",
+        help="also measure where the write-up's figures come from: its batch, and candidate definitions of the "
+        "RMSLN penalty (published protocol; a few dozen more training runs of --epochs)",
+    )

@@ -1,5 +1,5 @@
-"""Where the write-up's figures come from: its batch size and the definition of its RMS
-penalty.
+"""``--investigate``: where the write-up's figures come from, its batch size and the
+definition of its RMS penalty.
 
 The write-up gives its tuned parameters and final validation losses
 (:data:`~.protocol.PUBLISHED`) but neither its batch nor the exact form of its penalty.

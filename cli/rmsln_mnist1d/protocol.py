@@ -35,7 +35,7 @@ class Settings:
     heartbeat_seconds: int = 10  # a worker's RUNNING trial is failed after 3 missed heartbeats
     validation_size: int = 800
     seed_list: list[int] | None = None  # the final runs' seeds; None: seed, seed + 1, ... (``seeds`` of them)
-    investigate: bool = True  # the batch table and the candidate definitions of the penalty (published only)
+    investigate: bool = False  # the batch table and the candidate definitions of the penalty (published only)
 
     def final_seeds(self) -> list[int]:
         return list(self.seed_list) if self.seed_list is not None else [self.seed + k for k in range(self.seeds)]

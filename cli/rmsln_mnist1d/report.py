@@ -1,6 +1,6 @@
 """The RMSLN experiment's report: the final runs, the comparison with the published claim,
-and the investigation of the write-up's figures (one description of each table, for the
-terminal and report.md).
+and, with ``--investigate``, where the write-up's figures come from (one description of
+each table, for the terminal and report.md).
 
 Every number in the text comes from the run's JSON or, labelled as published, from
 :data:`~.protocol.PUBLISHED`.
@@ -15,6 +15,8 @@ from rich.console import Console
 
 from ..common.stats import paired
 from ..common.tables import Column, TableSpec, build, field_mean_std, mean_std
+from .investigation import SEEDS as INVESTIGATION_SEEDS
+from .investigation import runs_planned
 from .protocol import HOLDOUT_BATCH, MODELS, PUBLISHED
 
 Row = dict[str, Any]
@@ -148,10 +150,22 @@ def control_line(rows: dict[str, Row]) -> str:
     )
 
 
+def skipped_line(report: dict[str, Any]) -> str:
+    """How to run the investigation that this run skipped."""
+    s = report["settings"]
+    runs = runs_planned(min(len(s["final_seeds"]), INVESTIGATION_SEEDS))
+    where = "" if report["protocol"] == "published" else " (published protocol only)"
+    return (
+        "Not measured in this run: where the write-up's figures come from (its batch, and candidate definitions "
+        f"of the RMSLN penalty; {runs} more training runs of {s['epochs']} epochs here). Run it with "
+        f"`torch-rln bench rmsln --investigate`{where}."
+    )
+
+
 def investigation_lines(report: dict[str, Any]) -> list[str]:
     inv = report.get("investigation")
     if not inv:
-        return []
+        return [skipped_line(report)]
     rows = {row["name"]: row for row in inv["definitions"]}
     return [batch_line(inv), penalty_line(inv, rows), control_line(rows)]
 

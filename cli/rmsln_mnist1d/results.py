@@ -73,7 +73,7 @@ def comparison(finals: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def to_json(result: Result, batch_size: int, investigation: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report; ``batch_size``: the batch the runs trained at; ``investigation``: what
-    :func:`.investigation.investigate` measured (published protocol)."""
+    :func:`.investigation.investigate` measured (``--investigate``), None where it did not run."""
     s = result.settings
     finals = {name: summarize(runs) for name, runs in result.finals.items() if runs}
     return {

@@ -1,6 +1,6 @@
-"""``torch-rln bench rmsln``: tune and train both models with progress bars, measure where
-the write-up's figures come from, write the JSON and the figure, and return the report
-section."""
+"""``torch-rln bench rmsln``: tune and train both models with progress bars, with
+``--investigate`` measure where the write-up's figures come from, write the JSON and the
+figure, and return the report section."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def rmsln_settings(args: argparse.Namespace, device: str) -> Settings:
         settings.heartbeat_seconds = args.heartbeat
     if args.trial_epochs is None and not args.quick and settings.protocol == "published" and not args.batch_size:
         settings.trial_epochs = settings.epochs  # full batch: a trial of the final length is 100 cheap steps
-    settings.investigate = settings.protocol == "published"
+    settings.investigate = args.investigate
     return settings
 
 
@@ -78,7 +78,11 @@ def run_experiment(settings: Settings, storage: str, console: Console) -> dict[s
 
 
 def check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """A ``--storage`` that does not open exits with status 2."""
+    """Arguments this experiment cannot take, and a ``--storage`` that does not open (exit status 2)."""
+    if args.investigate and args.protocol != "published":
+        parser.error(
+            "--investigate: the investigation reproduces the write-up's figures; it needs --protocol published"
+        )
     if args.storage:
         try:
             make_storage(args.storage, args.heartbeat or Settings.heartbeat_seconds)
@@ -96,6 +100,7 @@ def run(args: argparse.Namespace, device: str, out: Path, console: Console) -> t
         f"final {settings.seeds} seeds x {settings.epochs} epochs, batch "
         f"{settings.batch_size or ('the whole training set' if settings.protocol == 'published' else HOLDOUT_BATCH)}, "
         f"device {device}, storage {storage}"
+        + ("" if settings.investigate else "; the investigation of the write-up's figures: --investigate")
     )
     report = run_experiment(settings, storage, console)
     report["storage"] = storage if settings.storage is None else "(given with --storage)"
