@@ -1,6 +1,6 @@
 """``torch-rln``: rerun the published experiments with torch-rln's wrappers.
 
-    torch-rln bench NAME    one experiment (the table in :mod:`.experiments`: rln, rmsln)
+    torch-rln bench NAME    one experiment (NAME: a key of the table in :mod:`.experiments`)
     torch-rln bench         every experiment, one report
 
 Only the standard library is imported before the arguments are checked, so that a
