@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from ..common.plots import mean_band, new_figure, save
 
@@ -31,6 +32,7 @@ def rmsln_curves_plot(report: dict[str, Any], path: Path) -> Path:
                 label=f"published final {name}: {published}",
             )
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation loss (cross-entropy)")
     ax.set_title(
         f"MNIST-1D: Adam vs Adam + RMSLN ({report['protocol']} protocol, batch {report['settings']['batch_size']})"
