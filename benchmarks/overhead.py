@@ -56,7 +56,7 @@ import torch
 from torch_rln import RLNOptimizer, RMSLNWrapper
 from torch_rln.rln import _compiled_rln, _multi_tensor_rln, compiled_kernel_works
 from torch_rln.rmsln import _multi_tensor_rmsln
-from torch_rln_cli.machine import machine
+from torch_rln_cli.common.machine import machine
 
 RATIO_KEYS = (
     "rln_pass_vs_floor",

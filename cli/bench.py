@@ -1,4 +1,5 @@
-"""``torch-rln bench``: run the experiments, show them with rich, write the results.
+"""``torch-rln bench``: run the experiments of the table in :mod:`.experiments`, show them
+with rich, and write report.md.
 
 Results go to ``--out DIR``: one JSON file per experiment, ``report.md`` and PNG figures.
 A run interrupted with Ctrl-C keeps and reports every configuration that finished.
@@ -18,10 +19,8 @@ from rich.console import Console
 
 from torch_rln import __version__
 
-from . import rmsln_mnist1d
-from .bench_rln import run_rln
-from .bench_rmsln import run_rmsln
-from .machine import cpu_name
+from . import experiments
+from .common.machine import cpu_name
 
 
 def keep_freed_memory() -> bool:
@@ -49,33 +48,28 @@ def resolve_device(name: str, parser: argparse.ArgumentParser) -> str:
     return name
 
 
-RUNNERS = {"rln": run_rln, "rmsln": run_rmsln}
-
-
-def check_output_and_storage(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
-    """The output folder, created; an unusable ``--out`` or ``--storage`` exits with status 2."""
+def check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
+    """The output folder, created once every experiment has accepted the arguments; an
+    argument an experiment cannot take, or an unusable ``--out``, exits with status 2."""
+    for name in experiments.EXPERIMENTS:
+        experiments.runner(name).check(args, parser)
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         parser.error(f"--out {args.out}: cannot create the directory ({error.strerror})")
-    if getattr(args, "storage", None):
-        try:
-            rmsln_mnist1d.make_storage(args.storage, args.heartbeat or 10)
-        except Exception as error:  # noqa: BLE001 - any failure to open it is the user's to fix
-            parser.error(f"--storage {args.storage}: cannot open this Optuna storage ({type(error).__name__}: {error})")
     return out
 
 
 def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     device = resolve_device(args.device, parser)
-    out = check_output_and_storage(args, parser)
+    out = check_arguments(args, parser)
     keep_freed_memory()
     console = Console()
     start = time.perf_counter()
     sections, status = [], 0
-    for name in [args.experiment] if args.experiment else list(RUNNERS):
-        code, section = RUNNERS[name](args, device, out, console)
+    for name in [args.experiment] if args.experiment else list(experiments.EXPERIMENTS):
+        code, section = experiments.runner(name).run(args, device, out, console)
         sections.append(section)
         if code:
             status = code

@@ -1,6 +1,6 @@
 """Several repeats of one MLP trained at once, as stacked weights and batched matmuls.
 
-The published protocol trains each configuration 10 times at batch size 10: 41,000
+A protocol that trains each configuration several times at a small batch takes many
 small steps, where Python overhead per step dominates. Stacking the repeats makes each
 step one set of batched ops: layer ``l`` holds ``W_l`` of shape ``(R, out, in)``, every
 repeat draws its own shuffle and its own mini-batch, and the loss is the sum of the
@@ -23,10 +23,11 @@ KERAS_TRUNCATED_NORMAL_STD = 0.87962566103423978  # std of N(0, 1) truncated at 
 
 def geometric_widths(input_dim: int, depth: int) -> list[int]:
     """Hidden widths ``round(exp(log(D) * k / depth))`` for ``k = depth-1 .. 1``, as the
-    RLN tutorial's ``int(np.round(np.exp(np.log(INPUT_DIM) * np.arange(depth - 1, 0, -1) / depth)))``.
+    RLN tutorial's ``int(np.round(np.exp(np.log(INPUT_DIM) * np.arange(depth - 1, 0, -1) / depth)))``:
+    the widths fall geometrically from the input size ``D`` to 1.
 
-    For D = 1013: depth 2 gives [32], depth 4 gives [180, 32, 6] (1013 ** 0.75 = 179.58
-    rounds to 180).
+    For example, D = 1013: depth 2 gives [32], depth 4 gives [180, 32, 6] (1013 ** 0.75 =
+    179.58 rounds to 180).
     """
     if depth < 2:
         raise ValueError(f"Invalid depth: {depth} (expected >= 2)")
@@ -97,6 +98,36 @@ def collapsed(model: StackedMLP, x: Tensor, target_std: float) -> Tensor:
         dead |= ~(hidden > 0).flatten(1).any(dim=1)
     constant = outputs[-1].flatten(1).std(dim=1) < COLLAPSE_STD_RATIO * target_std
     return dead | constant
+
+
+def collapse_check_epochs(epochs: int) -> list[int]:
+    """The epochs (1-based) after which collapse is looked for: 1, 2, 4, 8, ... and the last.
+
+    One check is a forward pass over the training set, about as costly as a few dozen
+    steps; checking every epoch would add a tenth to the run, these few add under 1%.
+    """
+    checks = [e for e in (2**k for k in range(epochs.bit_length())) if e < epochs]
+    return [*checks, epochs]
+
+
+class CollapseWatch:
+    """Looks for collapsed repeats after the epochs of :func:`collapse_check_epochs` and keeps
+    the first epoch at which each repeat was seen collapsed; an ``on_epoch`` of :func:`train_stacked`."""
+
+    def __init__(self, model: StackedMLP, x: Tensor, y: Tensor, epochs: int) -> None:
+        self.model, self.x, self.target_std = model, x, float(y.std())
+        self.checks = set(collapse_check_epochs(epochs))
+        self.first_seen: dict[int, int] = {}
+
+    def __call__(self, epoch: int) -> None:
+        if epoch + 1 in self.checks:
+            for r in torch.nonzero(collapsed(self.model, self.x, self.target_std)).flatten().tolist():
+                self.first_seen.setdefault(int(r), epoch + 1)
+
+    def at_end(self) -> tuple[list[int], list[int]]:
+        """The repeats collapsed at the end of training, and the first epoch each was seen."""
+        now = torch.nonzero(collapsed(self.model, self.x, self.target_std)).flatten().tolist()
+        return [int(r) for r in now], [self.first_seen.get(int(r), -1) for r in now]
 
 
 def train_stacked(

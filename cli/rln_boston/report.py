@@ -1,5 +1,9 @@
-"""The RLN experiment's report: its tables (one builder for the terminal and report.md),
-the published claims, and the section on how this run differs from the published one."""
+"""The RLN experiment's report: its tables (one description each, for the terminal and
+report.md), the published claims, and how the run differs from the published one.
+
+Every number in the text comes from the run's JSON or, labelled as published, from
+:data:`~.protocol.PUBLISHED`.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,11 @@ from typing import Any
 
 from rich.console import Console
 
-from .rln_analysis import rule_text
-from .rln_boston import MODEL_NAMES, MODELS, PUBLISHED, config_label, matches
-from .tables import TableSpec
+from ..common.stacked import COLLAPSE_STD_RATIO, KERAS_TRUNCATED_NORMAL_STD, collapse_check_epochs
+from ..common.tables import Column, TableSpec, build, field_mean_std, field_number, mean_std
+from .protocol import MODEL_NAMES, MODELS, PUBLISHED, REAL_FEATURES, config_label, matches, rule_text
 
-
-def _ms(mean: float, std: float) -> str:
-    return f"{mean:.2f} ({std:.2f})"
+Row = dict[str, Any]
 
 
 def _ci(mean: float | None, ci: list[float] | None) -> str:
@@ -22,20 +24,24 @@ def _ci(mean: float | None, ci: list[float] | None) -> str:
     return f"{mean:.2f}" + ("" if ci is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]")
 
 
-def published_for(run: dict[str, Any]) -> str:
+def _published(p: dict[str, Any]) -> str:
+    return mean_std(p["mse_mean"], p["mse_std"])
+
+
+def published_for(run: Row) -> str:
     """The published figure beside the same configuration, and the published best beside our
     best of the same model (naming its configuration where it differs from ours)."""
     p = PUBLISHED.get(run["model"])
     if not p:
         return ""
     if matches(run, p):
-        return _ms(p["mse_mean"], p["mse_std"])
+        return _published(p)
     if run.get("selected"):
-        return f"best: {_ms(p['mse_mean'], p['mse_std'])}, {config_label({'model': run['model'], **p})}"
+        return f"best: {_published(p)}, {config_label({'model': run['model'], **p})}"
     return ""
 
 
-def collapsed_cell(run: dict[str, Any]) -> str:
+def collapsed_cell(run: Row) -> str:
     """``0``, or the count with each collapsed repeat and the first epoch it was seen collapsed."""
     if not run["collapsed"]:
         return "0"
@@ -43,113 +49,72 @@ def collapsed_cell(run: dict[str, Any]) -> str:
     return f"{len(run['collapsed'])} ({where})"
 
 
-def configurations_table(result: dict[str, Any], protocol: str, title_suffix: str = "") -> TableSpec:
-    score = "test MSE" if protocol == "published" else "validation MSE"
-    table = TableSpec(
-        f"Every configuration{title_suffix}: {score}, mean (std) over repeats; * the best of each model",
-        [
-            "configuration",
-            "MSE",
-            "median",
-            "mean, not collapsed",
-            "as Keras reports",
-            "collapsed",
-            "published (as Keras reports)",
-            "seconds",
-        ],
-    )
-    for run in result["runs"]:
-        alive = run["mse_mean_alive"]
-        table.add(
-            ("* " if run["selected"] else "  ") + config_label(run),
-            _ms(run["mse_mean"], run["mse_std"]),
-            f"{run['mse_median']:.2f}",
-            "-" if alive is None else f"{alive:.2f}",
-            _ms(run["keras_loss_mean"], run["keras_loss_std"]),
-            collapsed_cell(run),
-            published_for(run),
-            f"{run['seconds']:.0f}",
-        )
-    return table
+def _of_real(key: str) -> Column[Row]:
+    return Column(f"of the {REAL_FEATURES} real", lambda f: f"{f.get(key, 0):.1f} / {REAL_FEATURES}")
 
 
-def holdout_table(result: dict[str, Any]) -> TableSpec:
-    table = TableSpec(
-        "Chosen on validation, scored once on the test set",
-        ["model", "configuration", "test MSE", "as Keras reports", "published (as Keras reports)"],
-    )
-    for name, best in result["best"].items():
-        if "test_mse_mean" in best:
-            p = PUBLISHED[name]
-            table.add(
-                name,
-                config_label(best),
-                _ms(best["test_mse_mean"], best["test_mse_std"]),
-                _ms(best["test_keras_loss_mean"], best["test_keras_loss_std"]),
-                _ms(p["mse_mean"], p["mse_std"]),
-            )
-    return table
+PUBLISHED_COLUMN: Column[Row] = Column("published (as Keras reports)", lambda row: _published(PUBLISHED[row["model"]]))
 
-
-def features_table(result: dict[str, Any]) -> TableSpec:
-    table = TableSpec(
-        "Feature recovery of the best models (mean over repeats)",
-        [
-            "model",
-            "real features in the top 13",
-            "first-layer weights exactly 0",
-            "inputs eliminated",
-            "of the 13 real",
-            "of the noise",
-        ],
-    )
-    for name, f in result["features"].items():
-        table.add(
-            MODEL_NAMES.get(name, name),
-            f"{f['real_in_top13_mean']:.1f} / 13",
-            f"{f['zero_fraction_mean']:.1%}",
-            f"{f.get('eliminated_mean', 0):.1f}",
-            f"{f.get('eliminated_real_mean', 0):.1f} / 13",
-            f"{f.get('eliminated_noise_mean', 0):.1f} / {f.get('noise_inputs', 0)}",
-        )
-    return table
-
-
-def summary_table(summary: dict[str, Any]) -> TableSpec:
-    table = TableSpec(
-        "Best model of each seed, across the seeds where its search finished: mean [95% t interval]",
-        [
-            "model",
-            "seeds",
-            "test MSE",
-            "as Keras reports",
-            "published (as Keras reports)",
-            "distance, published stds",
-            "collapsed repeats per seed",
-        ],
-    )
-    for name in MODELS:
-        b, p = summary["best"][name], PUBLISHED[name]
-        stds = b["published_stds"]
-        table.add(
-            name,
-            ", ".join(map(str, b["seeds"])) or "none",
-            _ci(b["mse_mean"], b["mse_ci95"]),
-            _ci(b["keras_loss_mean"], b["keras_loss_ci95"]),
-            _ms(p["mse_mean"], p["mse_std"]),
-            "-" if stds is None else f"{stds:+.2f}",
-            ", ".join(map(str, b["collapsed_per_seed"])),
-        )
-    return table
+CONFIGURATION_COLUMNS: tuple[Column[Row], ...] = (
+    Column("configuration", lambda run: ("* " if run["selected"] else "  ") + config_label(run)),
+    Column("MSE", field_mean_std("mse")),
+    Column("median", field_number("mse_median")),
+    Column("mean, not collapsed", field_number("mse_mean_alive")),
+    Column("as Keras reports", field_mean_std("keras_loss")),
+    Column("collapsed", collapsed_cell),
+    Column("published (as Keras reports)", published_for),
+    Column("seconds", field_number("seconds", ".0f")),
+)
+HOLDOUT_COLUMNS: tuple[Column[Row], ...] = (
+    Column("model", lambda best: str(best["model"])),
+    Column("configuration", config_label),
+    Column("test MSE", field_mean_std("test_mse")),
+    Column("as Keras reports", field_mean_std("test_keras_loss")),
+    PUBLISHED_COLUMN,
+)
+FEATURE_COLUMNS: tuple[Column[Row], ...] = (
+    Column("model", lambda f: MODEL_NAMES[f["model"]]),
+    Column(f"real features in the top {REAL_FEATURES}", lambda f: f"{f['real_in_top13_mean']:.1f} / {REAL_FEATURES}"),
+    Column("first-layer weights exactly 0", field_number("zero_fraction_mean", ".1%")),
+    Column("inputs eliminated", field_number("eliminated_mean", ".1f", missing="0.0")),
+    _of_real("eliminated_real_mean"),
+    Column("of the noise", lambda f: f"{f.get('eliminated_noise_mean', 0):.1f} / {f.get('noise_inputs', 0)}"),
+)
+SUMMARY_COLUMNS: tuple[Column[Row], ...] = (
+    Column("model", lambda b: str(b["model"])),
+    Column("seeds", lambda b: ", ".join(map(str, b["seeds"])) or "none"),
+    Column("test MSE", lambda b: _ci(b["mse_mean"], b["mse_ci95"])),
+    Column("as Keras reports", lambda b: _ci(b["keras_loss_mean"], b["keras_loss_ci95"])),
+    PUBLISHED_COLUMN,
+    Column("distance, published stds", field_number("published_stds", "+.2f")),
+    Column("collapsed repeats per seed", lambda b: ", ".join(map(str, b["collapsed_per_seed"]))),
+)
 
 
 def result_tables(result: dict[str, Any], protocol: str, title_suffix: str = "") -> list[TableSpec]:
-    tables = [configurations_table(result, protocol, title_suffix)]
-    if protocol == "holdout" and result["best"]:
-        tables.append(holdout_table(result))
+    score = "test MSE" if protocol == "published" else "validation MSE"
+    tables = [
+        build(
+            f"Every configuration{title_suffix}: {score}, mean (std) over repeats; * the best of each model",
+            CONFIGURATION_COLUMNS,
+            result["runs"],
+        )
+    ]
+    tested = [best for best in result["best"].values() if "test_mse_mean" in best]
+    if protocol == "holdout" and tested:
+        tables.append(build("Chosen on validation, scored once on the test set", HOLDOUT_COLUMNS, tested))
     if result["features"]:
-        tables.append(features_table(result))
+        rows = [{"model": name, **f} for name, f in result["features"].items()]
+        tables.append(build("Feature recovery of the best models (mean over repeats)", FEATURE_COLUMNS, rows))
     return tables
+
+
+def summary_table(summary: dict[str, Any]) -> TableSpec:
+    return build(
+        "Best model of each seed, across the seeds where its search finished: mean [95% t interval]",
+        SUMMARY_COLUMNS,
+        [{"model": name, **summary["best"][name]} for name in MODELS],
+    )
 
 
 def seed_results(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -209,15 +174,16 @@ def scoring_paragraph(report: dict[str, Any]) -> list[str]:
             f" Here the best L1 model scores {mse:.2f} in test MSE and {keras:.2f} as Keras reports it "
             f"(mean over {len(l1)} seed(s)): the penalty adds {keras - mse:.2f}."
         )
+    published = PUBLISHED["l1"]
     return [
         "- **Scoring.** The published figures are what Keras' `model.evaluate` returned. In the Keras 2.0.x the "
         "tutorial ran on, `compile()` adds every layer's regularization loss to `total_loss` (keras/engine/"
         "training.py: *Add regularization penalties ... for loss_tensor in self.losses: total_loss += "
         "loss_tensor*), `_make_test_function` returns `[self.total_loss] + self.metrics_tensors`, and "
-        "`regularizers.l1` is `K.sum(self.l1 * K.abs(x))`. So the published L1 figure, 48.57, is test MSE "
-        "+ 0.1·Σ|W1| at the end of training; the none and RLN figures carry no penalty (RLN's callback adds no "
-        f"loss term). The tables give both; the claims are checked both ways.{ours} Test MSE alone is the figure "
-        "a user should care about."
+        "`regularizers.l1` is `K.sum(self.l1 * K.abs(x))`. So the published L1 figure "
+        f"({published['mse_mean']}, published) is test MSE + {published['l1']:g}·Σ|W1| at the end of training; "
+        "the none and RLN figures carry no penalty (RLN's callback adds no loss term). The tables give both; the "
+        f"claims are checked both ways.{ours} Test MSE alone is the figure a user should care about."
     ]
 
 
@@ -245,6 +211,14 @@ def depth_if_excluded(report: dict[str, Any]) -> list[str]:
     return ["Among the depths tried, the mean over the repeats that did not collapse picks: " + "; ".join(notes) + "."]
 
 
+def _check_epochs(epochs: int) -> str:
+    """The epochs of :func:`collapse_check_epochs` in words: ``1, 2, 4, ..., 64 and the last (100)``."""
+    before: list[int | str] = list(collapse_check_epochs(epochs)[:-1])
+    if len(before) > 4:
+        before = [*before[:3], "...", before[-1]]
+    return (", ".join(map(str, before)) + " and " if before else "") + f"the last ({epochs})"
+
+
 def collapse_paragraph(report: dict[str, Any]) -> list[str]:
     runs = _all_runs(report)
     trained = sum(r["repeats"] for r in runs)
@@ -254,10 +228,11 @@ def collapse_paragraph(report: dict[str, Any]) -> list[str]:
     where = "; ".join(f"{config_label(r)}: {len(r['collapsed'])}" for r in hit) or "none"
     return [
         "- **Collapsed repeats.** A repeat has *collapsed* when its network no longer responds to its input: "
-        "its predictions on the training set have a std below 1e-3 of the targets' std, or a hidden layer has no "
-        "unit active on any training input. Such a layer passes only zeros on and no gradient reaches the weights "
-        "before it, so with RMSprop it never recovers; the output is a constant that only the later biases move, "
-        "and the score is the MSE of a constant. Checked after epochs 1, 2, 4, ..., 64 and the last. "
+        f"its predictions on the training set have a std below {COLLAPSE_STD_RATIO:g} of the targets' std, or a "
+        "hidden layer has no unit active on any training input. Such a layer passes only zeros on and no gradient "
+        "reaches the weights before it, so with RMSprop it never recovers; the output is a constant that only the "
+        "later biases move, and the score is the MSE of a constant. "
+        f"Checked after epochs {_check_epochs(report['settings']['epochs'])}. "
         f"In this run {count} of {trained} trained repeats collapsed{score} (by configuration: {where}). "
         "The published protocol's search keeps them in the mean, and one such repeat can move the chosen depth; "
         "`--exclude-collapsed` searches with the mean over the others instead. "
@@ -266,19 +241,19 @@ def collapse_paragraph(report: dict[str, Any]) -> list[str]:
     ]
 
 
-def seeding_paragraphs() -> list[str]:
+def seeding_paragraphs(report: dict[str, Any]) -> list[str]:
+    repeats = report["settings"]["repeats"]
     return [
         "- **Seeds.** The notebook drew its noise features before its `seed(...)` call and never seeded its "
         "TensorFlow backend, so its figures are one unrepeatable draw of noise, initializations and shuffles. "
         "Ours come from NumPy's and torch's streams, so no single number can match it; `--seeds` reruns the "
         "whole protocol on several draws and gives the spread.",
         "- **Initialization.** Keras 2.0.x's `glorot_normal` draws a truncated normal without rescaling it, so "
-        "its std is about 0.88 of the nominal value; ours follows Keras >= 2.2.3 (rescaled). The trial recorded "
-        "in issue 11 with the 2.0.x convention (seeds 1 and 2, depth 4, 10 repeats) moved nothing "
-        "systematically: none 108.1 / 103.9 (against 103.8 / 101.7), L1 as Keras reports it 51.3 / 54.8 "
-        "(against 49.3 / 56.8), RLN 22.0 / 27.9 (against 22.1 / 26.6). No option is offered for it.",
-        "- **Training.** The repeats of a configuration train together as one stacked model with batched "
-        "matmuls: the same math as ten separate models (tested), in a tenth of the steps.",
+        f"its std is {KERAS_TRUNCATED_NORMAL_STD:.2f} of the nominal value (the std of a standard normal cut at "
+        "two stds); ours follows Keras >= 2.2.3 (rescaled). No option is offered for the older convention; "
+        "issue 11 records a trial with it.",
+        f"- **Training.** The {repeats} repeats of a configuration train together as one stacked model with "
+        f"batched matmuls: the same math as {repeats} separate models (tested), in 1/{repeats} of the steps.",
     ]
 
 
@@ -307,7 +282,7 @@ def differences_section(report: dict[str, Any]) -> list[str]:
         *scoring_paragraph(report),
         *collapse_paragraph(report),
         *selection_paragraph(report),
-        *seeding_paragraphs(),
+        *seeding_paragraphs(report),
     ]
 
 
@@ -315,14 +290,15 @@ def header_lines(report: dict[str, Any]) -> list[str]:
     s = report["settings"]
     seeds = s.get("seeds", [s["seed"]])
     return [
-        "## RLN vs L1 vs none: Boston housing + 1000 noise features",
+        f"## RLN vs L1 vs none: Boston housing + {s['noise_features']} noise features",
         "",
         f"Protocol: **{report['protocol']}**, configurations selected on the {report['selection']}. "
         f"Seeds {', '.join(map(str, seeds))}; {s['repeats']} repeats x {s['epochs']} epochs, batch {s['batch_size']}, "
         f"device {s['device']}; {report['seconds']:.0f} s.",
         "",
         "The data set's feature `B` encodes a racial statistic of each town (`1000 (Bk - 0.63)^2`), which is why "
-        "some libraries dropped Boston housing; the published experiment uses all 13 features and so do we.",
+        f"some libraries dropped Boston housing; the published experiment uses all {REAL_FEATURES} features and so "
+        "do we.",
         "",
     ]
 

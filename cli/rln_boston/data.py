@@ -1,19 +1,23 @@
-"""The experiments' data sets, loaded offline.
-
-* Boston housing ships inside this package (36 KB); the split is the Keras one.
-* MNIST-1D is regenerated with the ``mnist1d`` package, never downloaded.
-"""
+"""The RLN experiment's data: Boston housing (shipped with this package, 36 KB) with the
+Keras split and appended noise features, as tensors for the protocol's splits."""
 
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
+import torch
+
+from ..common.data import Arrays, as_tensor, standardize
+from .protocol import Settings
 
 BOSTON_FEATURES = ("CRIM", "ZN", "INDUS", "CHAS", "NOX", "RM", "AGE", "DIS", "RAD", "TAX", "PTRATIO", "B", "LSTAT")
 KERAS_SPLIT_SEED = 113
 KERAS_TEST_SPLIT = 0.2
+
+Split = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x, y to fit; x, y to score
 
 
 def _read_boston() -> tuple[np.ndarray, np.ndarray]:
@@ -25,9 +29,6 @@ def _read_boston() -> tuple[np.ndarray, np.ndarray]:
         raise RuntimeError(f"boston_housing.csv has columns {header}, expected {expected}")
     table = np.array(body, dtype=np.float64)
     return table[:, :-1], table[:, -1]
-
-
-Arrays = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def load_boston_housing(noise_features: int = 1000, seed: int = 0) -> Arrays:
@@ -58,23 +59,37 @@ def load_boston_housing(noise_features: int = 1000, seed: int = 0) -> Arrays:
     return (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:])
 
 
-def standardize(x_train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
-    """Scale every column to zero mean and unit variance with the training set's statistics."""
-    mean = x_train.mean(axis=0)
-    std = x_train.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    return [(a - mean) / std for a in (x_train, *others)]
+@dataclass
+class ExperimentData:
+    """The tensors of one seed's run: ``full`` (the training set to fit, the test set to score)
+    and ``search`` (what the search scores: ``full`` under the published protocol, a
+    validation split of the training set under the holdout one)."""
+
+    full: Split
+    search: Split
+    input_dim: int
 
 
-def load_mnist1d() -> Arrays:
-    """MNIST-1D (Greydanus, 2020), regenerated offline with the published arguments.
+def _split(x_fit: np.ndarray, y_fit: np.ndarray, x_score: np.ndarray, y_score: np.ndarray, device: str) -> Split:
+    """Standardized with the fitted part's statistics, float32 on ``device``."""
+    x_fit_s, x_score_s = standardize(x_fit, x_score)
+    return (
+        as_tensor(x_fit_s, torch.float32, device),
+        as_tensor(y_fit, torch.float32, device),
+        as_tensor(x_score_s, torch.float32, device),
+        as_tensor(y_score, torch.float32, device),
+    )
 
-    ``mnist1d.data.make_dataset(mnist1d.data.get_dataset_args())`` rebuilds the frozen
-    data set (4000 training and 1000 test sequences of length 40, seed 42) to within 3e-16;
-    nothing is downloaded. Returns ``(x_train, y_train), (x_test, y_test)`` as numpy arrays
-    (float64 sequences, int64 labels 0-9).
-    """
-    from mnist1d.data import get_dataset_args, make_dataset
 
-    data = make_dataset(get_dataset_args())
-    return (data["x"], data["y"].astype(np.int64)), (data["x_test"], data["y_test"].astype(np.int64))
+def experiment_data(settings: Settings) -> ExperimentData:
+    """The data of a run with ``settings`` (its seed draws the noise features and the validation split)."""
+    s = settings
+    (x_train, y_train), (x_test, y_test) = load_boston_housing(s.noise_features, s.seed)
+    full = _split(x_train, y_train, x_test, y_test, s.device)
+    search = full
+    if s.protocol == "holdout":
+        n_val = round(len(x_train) * s.validation_fraction)
+        order = np.random.default_rng(s.seed).permutation(len(x_train))
+        fit, val = order[n_val:], order[:n_val]
+        search = _split(x_train[fit], y_train[fit], x_train[val], y_train[val], s.device)
+    return ExperimentData(full, search, x_train.shape[1])

@@ -1,19 +1,17 @@
-"""The PNG figures of the experiments (matplotlib, no display needed)."""
+"""The RLN experiment's figures: every repeat's score against the published figures, and
+the first-layer input importance of the best models."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import FuncFormatter
 
-from .rln_boston import MODEL_NAMES, REAL_FEATURES, config_label, matches
+from ..common.plots import SEED_COLORS, new_figure, save
+from .protocol import MODEL_NAMES, MODELS, REAL_FEATURES, config_label, matches
 
-SEED_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 MODEL_COLORS = {"none": "tab:gray", "l1": "tab:blue", "rln": "tab:red"}
 
 
@@ -29,8 +27,7 @@ def _columns(report: dict[str, Any]) -> list[dict[str, Any]]:
     for _, runs in _seed_runs(report):
         for run in runs:
             seen.setdefault(config_label(run), run)
-    order = {"none": 0, "l1": 1, "rln": 2}
-    return sorted(seen.values(), key=lambda run: order[run["model"]])
+    return sorted(seen.values(), key=lambda run: MODELS.index(run["model"]))
 
 
 def _published_band(ax: Any, x: float, run: dict[str, Any], report: dict[str, Any], labelled: bool) -> bool:
@@ -79,7 +76,7 @@ def _repeat_points(ax: Any, x: float, run: dict[str, Any], color: str, jitter: n
 
 
 def _published_lines(ax: Any, report: dict[str, Any]) -> None:
-    for name in ("none", "l1", "rln"):
+    for name in MODELS:
         p = report["published"].get(name)
         if p:
             ax.axhline(
@@ -98,7 +95,8 @@ def rln_scores_plot(report: dict[str, Any], path: Path) -> Path:
     columns = _columns(report)
     labels = [config_label(run) for run in columns]
     seeds = _seed_runs(report)
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.8 * len(columns) + 5), 5.6))
+    fig, axes = new_figure(1, (max(8.0, 0.8 * len(columns) + 5), 5.6))
+    ax = axes[0, 0]
     jitter = np.random.default_rng(0).uniform(-0.05, 0.05, size=max(len(r["mse"]) for _, runs in seeds for r in runs))
     legend: set[str] = set()
     for k, (seed, runs) in enumerate(seeds):
@@ -114,23 +112,19 @@ def rln_scores_plot(report: dict[str, Any], path: Path) -> Path:
         banded = _published_band(ax, x, run, report, banded)
     _published_lines(ax, report)
     _finish_scores_axes(ax, labels, report)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _finish_scores_axes(ax: Any, labels: list[str], report: dict[str, Any]) -> None:
-    from matplotlib.ticker import FuncFormatter
-
     ax.set_xticks(np.arange(len(labels)), labels, rotation=40, ha="right", fontsize=8)
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "235" else ""))
     score = "test MSE" if report["protocol"] == "published" else "validation MSE"
     ax.set_ylabel(f"{score} per repeat (log scale)")
+    noise = report["settings"]["noise_features"]
     ax.set_title(
-        f"Boston housing + 1000 noise features, {report['protocol']} protocol: one point per repeat", fontsize=10
+        f"Boston housing + {noise} noise features, {report['protocol']} protocol: one point per repeat", fontsize=10
     )
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.grid(axis="y", which="both", alpha=0.3)
@@ -140,57 +134,32 @@ def rln_features_plot(report: dict[str, Any], path: Path) -> Path:
     """First-layer input importance of each final model: real features against noise
     (of the first seed, where there are several)."""
     report = report["seeds"][0] if "seeds" in report else report
-    names = [n for n in ("none", "l1", "rln") if n in report["features"]]
-    fig, axes = plt.subplots(len(names), 1, figsize=(9, 2.6 * max(1, len(names))), squeeze=False)
+    names = [n for n in MODELS if n in report["features"]]
+    fig, axes = new_figure(len(names), (9, 2.6 * max(1, len(names))))
     for ax, name in zip(axes[:, 0], names, strict=True):
         features = report["features"][name]
         importance = np.asarray(features["importance_mean"])
         idx = np.arange(len(importance))
         ax.scatter(idx[REAL_FEATURES:], importance[REAL_FEATURES:], s=4, color="tab:gray", label="noise features")
-        ax.scatter(idx[:REAL_FEATURES], importance[:REAL_FEATURES], s=18, color="tab:red", label="the 13 real features")
+        ax.scatter(
+            idx[:REAL_FEATURES],
+            importance[:REAL_FEATURES],
+            s=18,
+            color="tab:red",
+            label=f"the {REAL_FEATURES} real features",
+        )
         ax.set_ylim(bottom=0)  # an eliminated input sits at 0
         best = report["best"][name]
         eliminated = (
             f", {features.get('eliminated_mean', 0):.1f} inputs eliminated" if "eliminated_mean" in features else ""
         )
         ax.set_title(
-            f"{config_label(best)}: {features['real_in_top13_mean']:.1f} of 13 real features in the top 13, "
+            f"{config_label(best)}: {features['real_in_top13_mean']:.1f} of {REAL_FEATURES} real features in the top "
+            f"{REAL_FEATURES}, "
             f"{features['zero_fraction_mean']:.1%} of first-layer weights exactly 0{eliminated}",
             fontsize=9,
         )
         ax.set_ylabel("sum |W| (mean over repeats)")
         ax.legend(loc="upper right", fontsize=8)
-    axes[-1, 0].set_xlabel("input feature (0-12 real, then noise)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def rmsln_curves_plot(report: dict[str, Any], path: Path) -> Path:
-    """Validation loss per epoch of both final models: mean over seeds with a +-std band."""
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    colors = {"baseline": "tab:blue", "rmsln": "tab:red"}
-    for name, final in report["final"].items():
-        curves = np.asarray(final["curves"])
-        mean, std = curves.mean(axis=0), curves.std(axis=0)
-        epochs = np.arange(1, len(mean) + 1)
-        params = ", ".join(f"{k}={v:.3g}" for k, v in final["params"].items())
-        ax.plot(epochs, mean, color=colors[name], label=f"{name} ({params}), {len(curves)} seeds")
-        ax.fill_between(epochs, mean - std, mean + std, color=colors[name], alpha=0.2)
-        published = report["published"].get(name, {}).get("final_val_loss")
-        if published is not None:
-            ax.axhline(
-                published, color=colors[name], linestyle="--", linewidth=1, label=f"published final {name}: {published}"
-            )
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation loss (cross-entropy)")
-    ax.set_title(
-        f"MNIST-1D: Adam vs Adam + RMSLN ({report['protocol']} protocol, batch {report['settings']['batch_size']})"
-    )
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    axes[-1, 0].set_xlabel(f"input feature (0-{REAL_FEATURES - 1} real, then noise)")
+    return save(fig, path)

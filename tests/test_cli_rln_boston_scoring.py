@@ -11,10 +11,12 @@ import torch
 pytest.importorskip("rich")
 pytest.importorskip("matplotlib")
 
-from torch_rln_cli import bench_rln, rln_analysis, rln_boston, stats
 from torch_rln_cli import main as cli_main
-from torch_rln_cli.bench_rln import seed_list
-from torch_rln_cli.stacked import StackedMLP, collapsed
+from torch_rln_cli.common.stacked import StackedMLP
+from torch_rln_cli.rln_boston import analysis, protocol, search
+from torch_rln_cli.rln_boston import model as rln_model
+from torch_rln_cli.rln_boston import run as rln_run
+from torch_rln_cli.rln_boston.run import seed_list
 
 from torch_rln import RLNOptimizer
 
@@ -31,45 +33,20 @@ def test_keras_penalty_is_l1_times_the_first_layers_abs_sum_by_hand():
     with torch.no_grad():
         model.weights[0].copy_(torch.tensor([[[1.0, -2.0], [0.5, 0.0]], [[0.0, 0.0], [0.0, -4.0]]]))
     # repeat 0: 0.1 * (1 + 2 + 0.5) = 0.35; repeat 1: 0.1 * 4 = 0.4
-    torch.testing.assert_close(rln_boston.keras_penalty(model, {"model": "l1", "l1": 0.1}), torch.tensor([0.35, 0.4]))
+    torch.testing.assert_close(rln_model.keras_penalty(model, {"model": "l1", "l1": 0.1}), torch.tensor([0.35, 0.4]))
     for config in ({"model": "none"}, {"model": "rln", "theta": -10.0}):
-        assert rln_boston.keras_penalty(model, config).tolist() == [0.0, 0.0]
+        assert rln_model.keras_penalty(model, config).tolist() == [0.0, 0.0]
 
 
 def test_trained_l1_run_reports_mse_plus_its_penalty():
-    settings = rln_boston.Settings(repeats=2, epochs=1, noise_features=3, compile=False)
-    experiment = rln_boston.Experiment(settings)
-    run = experiment.train({"model": "l1", "depth": 2, "l1": 0.5}, experiment.search_data, keep_first_layer=True)
+    settings = protocol.Settings(repeats=2, epochs=1, noise_features=3, compile=False)
+    experiment = search.Experiment(settings)
+    run = experiment.train({"model": "l1", "depth": 2, "l1": 0.5}, experiment.data.search, keep_first_layer=True)
     penalty = 0.5 * np.abs(run.first_layer).sum(axis=(1, 2))
     np.testing.assert_allclose(run.keras, np.asarray(run.scores) + penalty, rtol=1e-5)
     assert all(k > s for k, s in zip(run.keras, run.scores, strict=True))
-    none = experiment.train({"model": "none", "depth": 2}, experiment.search_data)
+    none = experiment.train({"model": "none", "depth": 2}, experiment.data.search)
     assert none.keras == none.scores
-
-
-# ---------------------------------------------------------------- collapse
-def test_collapse_detected_for_a_dead_hidden_layer_and_a_constant_output():
-    x = torch.randn(50, 3, generator=torch.Generator().manual_seed(1))
-    model = tiny_model(repeats=3)
-    with torch.no_grad():
-        model.biases[1][1].fill_(-1e3)  # repeat 1: the 2-unit layer is off for every input
-        model.weights[2][2].zero_()  # repeat 2: the output ignores its input
-    assert collapsed(model, x, target_std=1.0).tolist() == [False, True, True]
-
-
-def test_collapse_watch_keeps_the_first_epoch_it_was_seen():
-    assert rln_boston.collapse_check_epochs(100) == [1, 2, 4, 8, 16, 32, 64, 100]
-    assert rln_boston.collapse_check_epochs(1) == [1]
-    x, y = torch.randn(20, 3), torch.randn(20) * 5
-    model = tiny_model(repeats=2)
-    watch = rln_boston.CollapseWatch(model, x, y, epochs=8)
-    watch(0)  # epoch 1: alive
-    with torch.no_grad():
-        model.biases[0][0].fill_(-1e3)  # repeat 0's first hidden layer dies
-    watch(2)  # epoch 3: not a check epoch
-    watch(3)  # epoch 4: seen
-    watch(7)
-    assert watch.at_end() == ([0], [4])
 
 
 # ---------------------------------------------------------------- eliminated inputs
@@ -80,26 +57,16 @@ def test_eliminated_inputs_from_weights_and_from_rln_stats():
         model.weights[0][1, :, 2:] = 0.0
     plain = torch.optim.SGD(model.parameters(), lr=0.1)
     expected = [[False, True, False, False], [False, False, True, True]]
-    assert rln_boston.eliminated_inputs(model, plain).tolist() == expected
+    assert rln_model.eliminated_inputs(model, plain).tolist() == expected
     rln = RLNOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), [model.weights[0]], batch_dims=1, compile=False)
-    assert rln_boston.eliminated_inputs(model, rln).tolist() == expected
-    e = rln_analysis.elimination(np.array([[True] * 13 + [True, False], [False] * 13 + [True, True]]))
+    assert rln_model.eliminated_inputs(model, rln).tolist() == expected
+    e = analysis.elimination(np.array([[True] * 13 + [True, False], [False] * 13 + [True, True]]))
     assert e["eliminated"] == [14, 2] and e["eliminated_real"] == [13, 0] and e["eliminated_noise"] == [1, 2]
 
 
-# ---------------------------------------------------------------- statistics
-def test_t_interval_against_a_hand_computation():
-    mean, ci = stats.mean_ci95([1.0, 2.0, 3.0])  # sd 1, t(0.975, 2) = 4.303
-    half = 4.303 / math.sqrt(3)
-    assert mean == 2.0 and ci == pytest.approx([2.0 - half, 2.0 + half])
-    assert stats.mean_ci95([5.0])[1] is None
-    # Beyond the table: t(0.975) for 40, 60, 120 degrees of freedom is 2.021, 2.000, 1.980.
-    assert [round(stats.t95(df), 3) for df in (40, 60, 120)] == [2.021, 2.0, 1.98]
-    assert stats.t95(30) == 2.042 and stats.t95(1) == 12.706
-
-
+# ---------------------------------------------------------------- several seeds
 def make_run(config, scores, collapsed=(), keras=None):
-    run = rln_boston.Run(dict(config), list(scores), 1.0)
+    run = search.Run(dict(config), list(scores), 1.0)
     run.keras = list(keras if keras is not None else scores)
     run.collapsed = list(collapsed)
     run.collapse_epochs = [8] * len(run.collapsed)
@@ -107,7 +74,7 @@ def make_run(config, scores, collapsed=(), keras=None):
 
 
 def make_result(seed, depth, none, l1, rln, l1_strength=0.1, theta=-10.0):
-    result = rln_boston.Result(rln_boston.Settings(seed=seed))
+    result = search.Result(protocol.Settings(seed=seed))
     result.best = {
         "none": make_run({"model": "none", "depth": depth}, none),
         "l1": make_run({"model": "l1", "depth": depth, "l1": l1_strength}, l1, keras=[v + 20 for v in l1]),
@@ -123,7 +90,7 @@ def test_seed_summary_counts_selections_and_gives_t_intervals():
         make_result(1, 3, [90.0, 90.0], [40.0, 40.0], [25.0, 25.0], l1_strength=1.0),
         make_result(2, 4, [120.0, 120.0], [35.0, 35.0], [50.0, 50.0], theta=-2.0),
     ]
-    s = rln_analysis.summary(results)
+    s = analysis.summary(results)
     assert s["selected"] == {"depth": {"4": 2, "3": 1}, "l1": {"0.1": 2, "1": 1}, "rln": {"-10:6": 2, "-2:6": 1}}
     # L1 per seed: MSE 30, 40, 35 (mean 35, sd 5); as Keras reports: 20 more each.
     half = 4.303 * 5 / math.sqrt(3)
@@ -138,7 +105,7 @@ def test_seed_summary_counts_selections_and_gives_t_intervals():
     interrupted = make_result(3, 2, [1.0], [1.0], [1.0])
     interrupted.interrupted = True
     # Interrupted during its RLN grid: its none and L1 searches had ended, and count; RLN and the claims do not.
-    partial = rln_analysis.summary([*results, interrupted])
+    partial = analysis.summary([*results, interrupted])
     assert partial["seeds"] == [0, 1, 2]
     assert partial["best"]["l1"]["seeds"] == [0, 1, 2, 3] and partial["best"]["rln"]["seeds"] == [0, 1, 2]
     assert partial["selected"]["depth"] == {"4": 2, "3": 1, "2": 1}
@@ -166,7 +133,6 @@ def fake_train(scores_by_depth):
         if keep_first_layer:
             run.first_layer = np.ones((4, 2, 16))
             run.eliminated = np.zeros((4, 16), dtype=bool)
-        self.on_run(run)
         return run
 
     return train
@@ -177,8 +143,8 @@ SCORES = {2: ([100.0] * 4, ()), 3: ([50.0, 50.0, 50.0, 450.0], (3,)), 4: ([200.0
 
 @pytest.mark.parametrize(("exclude", "depth"), [(False, 2), (True, 3)])
 def test_exclude_collapsed_changes_the_chosen_depth(monkeypatch, exclude, depth):
-    monkeypatch.setattr(rln_boston.Experiment, "train", fake_train(SCORES))
-    settings = rln_boston.Settings(
+    monkeypatch.setattr(search.Experiment, "train", fake_train(SCORES))
+    settings = protocol.Settings(
         depths=[2, 3, 4],
         l1_values=[0.1],
         rln_grid=[(-10.0, 6.0)],
@@ -186,16 +152,16 @@ def test_exclude_collapsed_changes_the_chosen_depth(monkeypatch, exclude, depth)
         noise_features=3,
         exclude_collapsed=exclude,
     )
-    result = rln_boston.Experiment(settings).run()
+    result = search.Experiment(settings).run()
     # all repeats: depth 3's mean is 150 > 100, the search stops there; live repeats: 50 < 100
     assert result.best["none"].config["depth"] == depth
     assert [r.config["depth"] for r in result.runs if r.config["model"] == "none"] == [2, 3, 4][: 2 + exclude]
-    assert "exclude-collapsed" in rln_analysis.depth_rule(settings) or not exclude
+    assert "exclude-collapsed" in protocol.depth_rule(settings) or not exclude
 
 
 # ---------------------------------------------------------------- the JSON and the report
 def test_several_seeds_json_report_and_plot(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(rln_boston.Experiment, "train", fake_train(SCORES))
+    monkeypatch.setattr(search.Experiment, "train", fake_train(SCORES))
     argv = [
         "bench",
         "rln",
@@ -231,12 +197,15 @@ def test_several_seeds_json_report_and_plot(monkeypatch, tmp_path, capsys):
     text = (tmp_path / "report.md").read_text()
     assert "How this run differs from the published one" in text and "1 (#3 by epoch 8)" in text
     assert "| rln | 0, 1 |" in text and "held in" in out
+    # The text states the run's numbers (3 epochs, 3 repeats under --quick), never fixed findings.
+    assert "Checked after epochs 1, 2 and the last (3)." in text and "as 3 separate models" in text
+    assert "108.1" not in text and "issue 11 records a trial" in text
     assert (tmp_path / "rln-boston-mse.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_single_seed_json_keeps_the_top_level_layout(monkeypatch, tmp_path):
-    monkeypatch.setattr(rln_boston.Experiment, "train", fake_train(SCORES))
-    monkeypatch.setattr(bench_rln, "figures", lambda report, out: [])
+    monkeypatch.setattr(search.Experiment, "train", fake_train(SCORES))
+    monkeypatch.setattr(rln_run, "figures", lambda report, out: [])
     argv = [
         "bench",
         "rln",
@@ -259,8 +228,8 @@ def test_single_seed_json_keeps_the_top_level_layout(monkeypatch, tmp_path):
 
 
 def test_runs_made_apart_combine_into_the_several_seed_report(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(rln_boston.Experiment, "train", fake_train(SCORES))
-    monkeypatch.setattr(bench_rln, "figures", lambda report, out: [])  # the figures are tested above
+    monkeypatch.setattr(search.Experiment, "train", fake_train(SCORES))
+    monkeypatch.setattr(rln_run, "figures", lambda report, out: [])  # the figures are tested above
     common = ["--quick", "--depths", "2,3,4", "--l1-values", "0.1", "--rln-grid=-10:6"]
     assert cli_main.main(["bench", "rln", *common, "--seeds", "0,1", "--out", str(tmp_path / "together")]) == 0
     for seed in (0, 1):

@@ -1,8 +1,9 @@
-"""Where the write-up's figures come from: the batch size, and which RMS penalty gives 1.3818.
+"""``--investigate``: where the write-up's figures come from, its batch size and the
+definition of its RMS penalty.
 
-The write-up gives its tuned parameters (baseline lr 0.005409 -> 1.3054; RMSLN lr
-0.004529, reg_lambda 0.000373 -> 1.3818) but neither its batch nor the exact form of its
-penalty. Two measurements, with those parameters, over a few seeds:
+The write-up gives its tuned parameters and final validation losses
+(:data:`~.protocol.PUBLISHED`) but neither its batch nor the exact form of its penalty.
+Two measurements, with those parameters, over the first :data:`SEEDS` final seeds:
 
 * **the batch**: the baseline at the whole training set (100 Adam steps in 100 epochs),
   1000, 512 and 128;
@@ -22,9 +23,12 @@ import torch
 
 from torch_rln import RMSLNWrapper
 
-from .rmsln_mnist1d import PUBLISHED, Data, Penalty, Settings, fit, make_model
-from .stats import mean_std
+from ..common.stats import mean_std
+from .data import Data
+from .protocol import PUBLISHED, Settings
+from .training import Penalty, fit, make_model
 
+SEEDS = 3  # the investigation's seeds: the first final seeds, at most this many
 BATCHES: tuple[int | None, ...] = (None, 1000, 512, 128)  # None: the whole training set
 
 
@@ -134,4 +138,5 @@ def investigate(data: Data, settings: Settings, seeds: Sequence[int], on_run: Ca
 
 
 def runs_planned(seeds: int) -> int:
+    """The training runs of an investigation over ``seeds`` seeds."""
     return seeds * (len(BATCHES) + len(candidates()))
