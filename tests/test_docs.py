@@ -171,7 +171,7 @@ def _x_y_numpy(**extra) -> dict:
 
 
 PRELUDES = {
-    "quick-start": lambda: {"torch": torch, "loader": loader_of(*tabular(n=40, features=1013), batch_size=10)},
+    "quick-start": lambda: {"torch": torch, "loader": loader_of(*tabular(n=20, features=1013), batch_size=10)},
     "classification": dict,
     "contributing": dict,
     "skorch": _x_y_numpy,
@@ -263,3 +263,13 @@ def test_skipped_blocks_are_few():
     """A skip is a block nobody runs: keep them rare, each with its reason."""
     skipped = [b.id for b in BLOCKS if b.skip is not None]
     assert len(skipped) <= 3, skipped
+
+
+def test_the_readme_links_reach_files():
+    """The README is read on its own (on a forge, in an editor): its relative links name files of the repo."""
+    text = re.sub(r"<!--.*?-->", "", README.read_text(), flags=re.S)  # a commented-out figure is not a link yet
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    relative = [link for link in links if "://" not in link and not link.startswith("#")]
+    assert relative, "the README links into the documentation"
+    missing = [link for link in relative if not (ROOT / link.split("#")[0]).is_file()]
+    assert not missing, missing

@@ -89,7 +89,12 @@ def build(config: Path, site: Path, strict: bool = True) -> subprocess.Completed
     if strict:
         command.append("--strict")
     return subprocess.run(
-        command, capture_output=True, text=True, timeout=600, check=False, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+        command,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
 
 
@@ -102,9 +107,17 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_site_builds_strict_with_every_page(site: Path) -> None:
-    for page in ["index.html", "getting-started/index.html", "guides/frameworks/index.html",
-                 "experiments/rln-boston/index.html", "benchmarks/index.html", "reference/rln/index.html",
-                 "reference/extension/index.html", "contributing/index.html", "changelog/index.html"]:
+    for page in [
+        "index.html",
+        "getting-started/index.html",
+        "guides/frameworks/index.html",
+        "experiments/rln-boston/index.html",
+        "benchmarks/index.html",
+        "reference/rln/index.html",
+        "reference/extension/index.html",
+        "contributing/index.html",
+        "changelog/index.html",
+    ]:
         assert (site / page).is_file(), page
 
 
@@ -116,13 +129,16 @@ def test_the_reference_renders_the_docstrings_and_their_math(site: Path) -> None
     """mkdocstrings rendered the classes' docs, and the equations reach MathJax as arithmatex
     blocks (the reST math of the docstrings converted), not as literal ``.. math::``."""
     rln = (site / "reference/rln/index.html").read_text()
-    assert 'id="torch_rln.RLNOptimizer"' in rln and 'id="torch_rln.rln"' in rln
+    assert 'id="torch_rln.RLNOptimizer"' in rln
+    assert 'id="torch_rln.rln"' in rln
     assert "counterfactual-loss gradient" in rln  # the class docstring
-    assert '<div class="arithmatex">' in rln and "\\begin{aligned}" in rln
+    assert '<div class="arithmatex">' in rln
+    assert "\\begin{aligned}" in rln
     assert '<span class="arithmatex">\\(\\Theta\\)</span>' in rln
     for page in ["reference/rln", "reference/rmsln", "reference/extension"]:
         text = (site / page / "index.html").read_text()
-        assert ".. math::" not in text and ":class:`" not in text and ":func:`" not in text, page
+        for raw in (".. math::", ":class:`", ":func:`", ":mod:`", ":meth:`"):
+            assert raw not in text, (page, raw)
     extension = (site / "reference/extension/index.html").read_text()
     for name in ["RegularizedOptimizer", "Implementations", "CompiledKernel", "state_dtype", "checks"]:
         assert f'id="torch_rln.{name}"' in extension, name
