@@ -1,6 +1,8 @@
 """Training frameworks that take a torch Optimizer accept the wrappers unchanged.
 
-Skipped when the framework is not installed (the `test` extra installs both).
+Skipped when the framework is not installed: the `test` extra installs Lightning and
+Accelerate; pytorch-tabular is left out of it (it pins torchmetrics below 1.9, which would
+downgrade what the extra installs), so its test runs where it is installed by hand.
 """
 
 import pytest
@@ -110,3 +112,48 @@ def test_lightning_trainer_with_nested_wrappers():
     assert not torch.equal(start, module.net[2].weight)
     sd = opt.state_dict()
     assert "rmsln_groups" in sd and "rln_groups" in sd and "rln_lam" in sd["state"][0]
+
+
+def test_pytorch_tabular_fit_builds_the_factory_and_saves_it(tmp_path, monkeypatch):
+    """pytorch-tabular's ``TabularModel.fit(optimizer=cls, optimizer_params=...)`` builds
+    ``cls(model.parameters(), lr=..., **optimizer_params)``: a factory is such a class; the
+    wrapper's settings may come through ``optimizer_params``, and ``save_model`` pickles it."""
+    pytest.importorskip("pytorch_tabular", reason="pytorch_tabular is not installed (pip install pytorch_tabular)")
+    pd = pytest.importorskip("pandas")
+    from pytorch_tabular import TabularModel
+    from pytorch_tabular.config import DataConfig, OptimizerConfig, TrainerConfig
+    from pytorch_tabular.models import CategoryEmbeddingModelConfig
+
+    monkeypatch.chdir(tmp_path)  # pytorch-tabular and Lightning write next to the working directory
+    x = tabular_data(n=128).tensors[0]
+    df = pd.DataFrame(x.numpy(), columns=[f"x{i}" for i in range(12)])
+    df["y"] = df["x0"] + df["x1"]
+    model = TabularModel(
+        data_config=DataConfig(target=["y"], continuous_cols=[f"x{i}" for i in range(12)]),
+        model_config=CategoryEmbeddingModelConfig(task="regression", layers="16-8", learning_rate=1e-2, seed=0),
+        optimizer_config=OptimizerConfig(),
+        trainer_config=TrainerConfig(
+            max_epochs=3, batch_size=32, accelerator="cpu", progress_bar="none", checkpoints=None, load_best=False
+        ),
+        verbose=False,
+    )
+    factory = RLNOptimizer.factory(torch.optim.Adam, reg_lr=1e4, compile=False)
+    model.fit(train=df, optimizer=factory, optimizer_params={"avg_reg": -5.0})
+
+    opt = model.model.optimizers().optimizer
+    assert isinstance(opt, factory) and isinstance(opt.optimizer, torch.optim.Adam)
+    assert opt.optimizer.param_groups[0]["lr"] == 1e-2  # the model config's learning rate reached the inner Adam
+    assert opt.reg_groups[0]["avg_reg"] == -5.0 and opt.reg_groups[0]["reg_lr"] == 1e4
+    regularized = opt.regularized_params()
+    assert regularized and all(p.ndim >= 2 for p in regularized)  # every matrix: pytorch-tabular passes no names
+    first = model.model._backbone.linear_layers[0].weight
+    assert any(p is first for p in regularized)
+    assert (first == 0).any()  # RLN ran inside pytorch-tabular's training loop
+    assert opt.lambdas(first).std() > 0
+
+    model.save_model(str(tmp_path / "saved"))
+    loaded = TabularModel.load_model(str(tmp_path / "saved"))
+    assert loaded.model.custom_optimizer is factory  # pickled as its recipe: the same class comes back
+    torch.testing.assert_close(
+        torch.tensor(loaded.predict(df.head()).to_numpy()), torch.tensor(model.predict(df.head()).to_numpy())
+    )

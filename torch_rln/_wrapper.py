@@ -129,7 +129,8 @@ def _amp_attributes_forwarded(inner: Optimizer, grad_scale: Any, found_inf: Any)
 
 
 class RegularizedOptimizer(Optimizer):
-    """Base class of the torch-rln wrappers (not used directly).
+    """Base class of the torch-rln wrappers: subclass it to write a regularizer (the
+    worked example in CONTRIBUTING.md is tested); it is not used directly.
 
     Subclasses set:
 
@@ -227,6 +228,9 @@ class RegularizedOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ hooks for subclasses
     def validate_group(self, group: dict[str, Any]) -> None:  # pragma: no cover - abstract
+        """Check one regularization group's settings in place (also the defaults, without
+        ``"params"``): raise ``ValueError`` naming a bad value, store the good ones as plain
+        Python numbers (:mod:`torch_rln.checks` helps)."""
         raise NotImplementedError
 
     def can_regularize(self, tensor: torch.Tensor) -> bool:
@@ -268,6 +272,8 @@ class RegularizedOptimizer(Optimizer):
         """Runs under ``no_grad`` after the inner step."""
 
     def wrap_closure(self, closure: Callable[[], Any]) -> Callable[[], Any]:
+        """The closure the inner step gets in place of ``closure`` (coupled RMSLN adds its
+        penalty there); the default returns it unchanged."""
         return closure
 
     # ------------------------------------------------------------------ delegation
@@ -445,7 +451,7 @@ class RegularizedOptimizer(Optimizer):
 
     def implementation(self, device: torch.device, dtype: torch.dtype, sharded: bool) -> Callable[..., Any]:
         """The update function for tensors of one device and dtype (see
-        :func:`torch_rln._implementations.choose_implementation`)."""
+        :mod:`torch_rln._implementations`)."""
         return choose_implementation(
             self.implementations,
             foreach=self.foreach,
@@ -457,6 +463,7 @@ class RegularizedOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ parameters
     def regularized_params(self) -> list[torch.Tensor]:
+        """The tensors this wrapper regularizes, group by group."""
         return [p for g in self.reg_groups for p in g["params"]]
 
     def _regularized_ids(self) -> set[int]:
