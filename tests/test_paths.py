@@ -43,7 +43,9 @@ def test_compile_none_falls_back_with_one_warning_where_compile_fails(monkeypatc
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    monkeypatch.setattr(rln_module, "_KERNEL", CompiledKernel(rln_module._fused_rln_kernel, "RLN"))
+    monkeypatch.setattr(rln_module, "_SUMS", CompiledKernel(rln_module._rln_sums_kernel, "RLN"))
+    monkeypatch.setattr(rln_module, "_UPDATE", CompiledKernel(rln_module._rln_update_kernel, "RLN"))
+    monkeypatch.setattr(rln_module, "_CHECKED", {})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         w_auto, lam_auto = _train(None)

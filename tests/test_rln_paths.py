@@ -142,8 +142,10 @@ def test_compiled_update_compiles_once_per_dtype_pair(compiler, monkeypatch):
 
     from torch_rln import CompiledKernel
 
-    # From a clean slate: the kernel keeps what it compiled (and calls it without Dynamo)
-    monkeypatch.setattr(rln_module, "_KERNEL", CompiledKernel(rln_module._fused_rln_kernel, "RLN"))
+    # From a clean slate: the kernels keep what they compiled (and call it without Dynamo)
+    monkeypatch.setattr(rln_module, "_SUMS", CompiledKernel(rln_module._rln_sums_kernel, "RLN"))
+    monkeypatch.setattr(rln_module, "_UPDATE", CompiledKernel(rln_module._rln_update_kernel, "RLN"))
+    monkeypatch.setattr(rln_module, "_CHECKED", {})
     torch._dynamo.reset()
     counters.clear()
     dtypes = (torch.float32, torch.float64, torch.bfloat16)
@@ -179,7 +181,8 @@ def test_compiled_update_compiles_once_per_dtype_pair(compiler, monkeypatch):
                 tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
                 torch.testing.assert_close(w_compiled, w_eager, rtol=tol, atol=tol)
                 torch.testing.assert_close(lam_compiled, lam_eager, rtol=1e-4, atol=1e-3)
-    assert counters["stats"]["unique_graphs"] == len(dtypes)
+    # two kernels (the sums of the projection, then the update), each compiled once per dtype pair
+    assert counters["stats"]["unique_graphs"] == 2 * len(dtypes)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

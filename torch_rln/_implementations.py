@@ -21,10 +21,11 @@ call through ``torch.compile``'s entry (guard evaluation, then the AOTAutograd r
 wrappers) costs several times the kernel. So :class:`CompiledKernel` compiles through
 ``torch.compile`` once per key (device type and dtypes), with a backend that hands
 Inductor the graph and keeps what Inductor returns, and calls that artifact directly
-afterwards. The artifact is generic in the sizes (every dimension dynamic; the first
-one "unbacked", so that one row and many rows share it); the guards it was built under
-are what every later call of the same key satisfies by construction: the same device
-type and dtypes, contiguous inputs, the same number of dimensions. Building the
+afterwards. The artifact is generic in the sizes (every dimension dynamic, probed on
+sizes that no two dimensions share); the guards it was built under are what every later
+call of the same key satisfies by construction: the same device type and dtypes,
+contiguous inputs, the same number of dimensions. Sizes of 1, which Dynamo would compile
+again for, reach the artifact directly (a regularizer checks that once per key). Building the
 argument list reads Dynamo's description of the graph inputs (``node.meta["grapharg"]``,
 an internal of torch): where that is not available, the kernel is called through
 ``torch.compile`` as usual, which is slower, not different.
@@ -52,8 +53,8 @@ class CompiledKernel:
     """A kernel function of tensors, compiled once per key with ``torch.compile(dynamic=True,
     fullgraph=True)`` and then called directly (see the module docstring).
 
-    ``function(*tensors)`` must take tensors only (settings as tensors too) and update some
-    of them in place. ``works(key, make_args, insist)`` probes a key (device type and
+    ``function(*tensors)`` must take tensors only (settings as tensors too), update some of
+    them in place, and return one tensor or None. ``works(key, make_args, insist)`` probes a key (device type and
     dtypes) once per process by compiling and running the kernel on ``make_args()``;
     ``kernel(key, *tensors)`` runs it on tensors of that key.
     """
@@ -78,9 +79,6 @@ class CompiledKernel:
             return self.function(*args)  # an outer torch.compile traces the plain function
         if self._compiled is None:
             self._compiled = torch.compile(self.function, dynamic=True, fullgraph=True, backend=self._backend)
-        for t in args:
-            if t.ndim > 0:
-                torch._dynamo.decorators.mark_unbacked(t, 0)  # one row or many: one graph
         self._capturing = key
         try:
             return self._compiled(*args)
@@ -90,12 +88,14 @@ class CompiledKernel:
     def _backend(self, graph: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
         """Compile ``graph`` with Inductor and keep the artifact for direct calls.
 
-        emulate_precision_casts: a cast to bfloat16 and back rounds, as in eager mode (the
-        RLN fold must use the weight as the parameter holds it)."""
+        With float16 or bfloat16 inputs, ``emulate_precision_casts``: a cast to the low
+        precision and back rounds, as in eager mode (the RLN fold must use the weight as the
+        parameter holds it). Not otherwise: it keeps Inductor from fusing the loops."""
         from torch._inductor import config as inductor_config
         from torch._inductor.compile_fx import compile_fx
 
-        with inductor_config.patch(emulate_precision_casts=True):
+        low = any(getattr(x, "dtype", None) in (torch.float16, torch.bfloat16) for x in example_inputs)
+        with inductor_config.patch(emulate_precision_casts=low):
             artifact = compile_fx(graph, example_inputs)
         getters = self._getters(graph)
         if self._capturing is not None and getters is not None and callable(artifact):
@@ -154,7 +154,8 @@ class CompiledKernel:
 
 def _direct_call(artifact: Callable[..., Any], getters: list[Getter]) -> Callable[..., Any]:
     def call(*args: torch.Tensor) -> Any:
-        return artifact(*[args[i] if d < 0 else args[i].shape[d] for i, d in getters])
+        outputs = artifact(*[args[i] if d < 0 else args[i].shape[d] for i, d in getters])
+        return outputs[0] if outputs else None  # the graph's outputs: the kernel's one tensor, or none
 
     return call
 

@@ -480,10 +480,29 @@ def _fold_(
 _COLUMNS = ("avg_reg", "reg_lr", "bound", "count", "l1", "project")  # the kernel's settings, one row per copy
 
 
-def _fused_rln_kernel(w: Tensor, folded: Tensor, r_prev: Tensor, settings: Tensor) -> None:
-    """The update of every copy of one tensor, ``(copies, n)`` with ``n >= 2``, written for
-    ``torch.compile`` to fuse into a reduction and one elementwise loop; the same results as
-    :func:`_single_tensor_rln` up to rounding.
+def _coefficients_before_projection(
+    w: Tensor, folded: Tensor, r_prev: Tensor, reg_lr: Tensor, bound: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(w', finite, w' with 0 for NaN/Inf, clamp(a - nu w' r_prev))``, for both kernels."""
+    wf = w.to(folded.dtype)
+    finite = (wf - wf) == 0  # an isfinite that vectorizes
+    ws = torch.where(finite, wf, 0.0)
+    return wf, finite, ws, torch.minimum(torch.maximum(folded - reg_lr * ws * r_prev, -bound), bound)
+
+
+def _rln_sums_kernel(w: Tensor, folded: Tensor, r_prev: Tensor, settings: Tensor) -> Tensor:
+    """Per copy of ``(copies, n)`` tensors: the sum of the coefficients before the projection
+    over the finite weights, and the number of the others (``(copies, 2)``). The first of the
+    two compiled kernels (a reduction and an elementwise update compiled apart fuse into
+    one loop each)."""
+    _, finite, _, pre = _coefficients_before_projection(w, folded, r_prev, settings[:, 1:2], settings[:, 2:3])
+    total = torch.where(finite, pre, 0.0).sum(dim=-1, keepdim=True)
+    return torch.cat([total, (~finite).to(pre.dtype).sum(dim=-1, keepdim=True)], dim=1)
+
+
+def _rln_update_kernel(w: Tensor, folded: Tensor, r_prev: Tensor, settings: Tensor, sums: Tensor) -> None:
+    """The update of every copy of ``(copies, n)`` tensors (``n >= 2``) given their sums
+    (:func:`_rln_sums_kernel`); the same results as :func:`_single_tensor_rln` up to rounding.
 
     ``settings`` holds, per copy, the columns of ``_COLUMNS``: Theta, nu, the clamp of the
     coefficient, the number of elements, ``l1`` (1.0 for L1, 0.0 for L2) and ``project``
@@ -491,13 +510,8 @@ def _fused_rln_kernel(w: Tensor, folded: Tensor, r_prev: Tensor, settings: Tenso
     """
     sdt = folded.dtype
     avg_reg, reg_lr, bound, n, l1, project = (settings[:, k : k + 1] for k in range(len(_COLUMNS)))
-    wf = w.to(sdt)
-    finite = (wf - wf) == 0  # an isfinite that vectorizes
-    ws = torch.where(finite, wf, 0.0)
-    pre = torch.minimum(torch.maximum(folded - reg_lr * ws * r_prev, -bound), bound)
-    total = torch.where(finite, pre, 0.0).sum(dim=-1, keepdim=True)
-    count = n - (~finite).to(sdt).sum(dim=-1, keepdim=True)
-    shift = project * (total / torch.clamp(count, min=1.0) - avg_reg)
+    wf, finite, ws, pre = _coefficients_before_projection(w, folded, r_prev, reg_lr, bound)
+    shift = project * (sums[:, 0:1] / torch.clamp(n - sums[:, 1:2], min=1.0) - avg_reg)
     lam = torch.where(finite, pre - shift, pre)
     size = torch.abs(ws)
     cap = torch.log(size * l1 + 0.5 * (1.0 - l1))  # log|w| (L1) or log(1/2) (L2)
@@ -506,14 +520,23 @@ def _fused_rln_kernel(w: Tensor, folded: Tensor, r_prev: Tensor, settings: Tenso
     e = torch.exp(torch.clamp(lam, max=max_exponent(sdt)))
     shrink = torch.sign(ws) * e * (2.0 - l1) * (size * (1.0 - l1) + l1)  # sign(w) e^lam, or (2 e^lam) w
     r = torch.where(bind, ws, shrink)
-    w.copy_((wf - r).to(w.dtype))
-    fold = reg_lr * (ws - r).to(w.dtype).to(sdt) * r
+    new_w = (wf - r).to(w.dtype)
+    fold = reg_lr * new_w.to(sdt) * r  # nu W r, W as the parameter holds it (dropped below where w' was not finite)
     keep = torch.abs(fold) < fold_limit(sdt)
+    # Written last: a write before a read of the same tensor keeps Inductor from fusing the loop
+    w.copy_(new_w)
     folded.copy_(lam + torch.where(keep, fold, 0.0))
     r_prev.copy_(torch.where(keep, r, 0.0))
 
 
-_KERNEL = CompiledKernel(_fused_rln_kernel, "RLN")
+def _fused_rln_kernel(w: Tensor, folded: Tensor, r_prev: Tensor, settings: Tensor) -> None:
+    """The whole update of ``(copies, n)`` tensors: the two kernels in turn (what an outer
+    ``torch.compile`` traces)."""
+    _rln_update_kernel(w, folded, r_prev, settings, _rln_sums_kernel(w, folded, r_prev, settings))
+
+
+_SUMS = CompiledKernel(_rln_sums_kernel, "RLN")
+_UPDATE = CompiledKernel(_rln_update_kernel, "RLN")
 
 
 def _settings_rows(
@@ -527,16 +550,46 @@ def _settings_rows(
 
 
 def compiled_kernel_works(device: torch.device, dtype: torch.dtype, insist: bool = False) -> bool:
-    """Whether the compiled RLN kernel runs for parameters of ``dtype`` on ``device`` (probed once)."""
+    """Whether the compiled RLN kernels run for parameters of ``dtype`` on ``device`` (probed
+    once): compiled on 3 copies of 5 elements (sizes no argument shares with another, so the
+    kernels stay generic in both), and checked against the plain function on one copy."""
     sdt = state_dtype(dtype)
+    key = _kernel_key(device, dtype)
 
-    def probe_args() -> tuple[Tensor, ...]:
-        # 3 copies of 5: sizes no argument shares with another (the kernel is generic in both)
-        w = torch.linspace(-1.0, 1.0, 15, device=device).view(3, 5).to(dtype)
-        folded = torch.full((3, 5), -3.0, device=device, dtype=sdt)
-        return w, folded, torch.zeros_like(folded), _settings_rows(3, 5, 1, -3.0, 1.0, True, sdt, device)
+    def state(rows: int, n: int) -> tuple[Tensor, ...]:
+        w = torch.linspace(-1.0, 1.0, rows * n, device=device).view(rows, n).to(dtype)
+        folded = torch.full((rows, n), -1.0, device=device, dtype=sdt)
+        return w, folded, torch.full_like(folded, 0.25), _settings_rows(rows, n, 1, -1.0, 1.0, True, sdt, device)
 
-    return _KERNEL.works(_kernel_key(device, dtype), probe_args, insist)
+    def probe_sums() -> tuple[Tensor, ...]:
+        return state(3, 5)
+
+    def probe_update() -> tuple[Tensor, ...]:
+        args = state(3, 5)
+        return (*args, _rln_sums_kernel(*args))
+
+    works = _SUMS.works(key, probe_sums, insist) and _UPDATE.works(key, probe_update, insist)
+    if works and key not in _CHECKED:
+        _CHECKED[key] = _agrees_on_one_copy(key, state(1, 7), insist)
+    return works and _CHECKED[key]
+
+
+_CHECKED: dict[tuple[Any, ...], bool] = {}
+
+
+def _agrees_on_one_copy(key: tuple[Any, ...], args: tuple[Tensor, ...], insist: bool) -> bool:
+    """Whether the compiled kernels, called directly on one copy, give the plain function's
+    results (they were compiled for several copies)."""
+    expected = [t.clone() for t in args]
+    _fused_rln_kernel(*expected)
+    _UPDATE(key, *args, _SUMS(key, *args))
+    if all(torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-5) for a, b in zip(args, expected, strict=True)):
+        return True
+    message = f"torch-rln: the compiled RLN kernels disagree with the plain function for {key}"
+    if insist:
+        raise RuntimeError(message)
+    warnings.warn(message + "; the RLN update runs eagerly", RuntimeWarning, stacklevel=4)
+    return False
 
 
 def _kernel_key(device: torch.device, dtype: torch.dtype) -> tuple[str, torch.dtype, torch.dtype]:
@@ -567,9 +620,10 @@ def _compiled_rln(
     scratch: Scratch | None = None,
     cache: dict[str, Any] | None = None,
 ) -> None:
-    """The update through one compiled, fused kernel per tensor (all its copies in one call).
+    """The update through two compiled kernels per tensor (all its copies in one call each):
+    the sums of the mean projection, then the elementwise update.
 
-    The kernel is compiled once per (device type, parameter dtype, state dtype), with
+    Each kernel is compiled once per (device type, parameter dtype, state dtype), with
     dynamic shapes and settings as tensors, so tensors of any size, any number of copies
     and any settings reuse it, and it is then called without Dynamo (see
     :mod:`torch_rln._implementations`). ``cache``: a dict the caller keeps between calls,
@@ -583,7 +637,7 @@ def _compiled_rln(
         if call is None:
             rest.append(i)
         else:
-            _KERNEL(*call)
+            _UPDATE(*call, _SUMS(*call))
     if rest:
         _multi_tensor_rln(
             [params[i] for i in rest],
