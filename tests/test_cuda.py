@@ -65,3 +65,53 @@ def test_cuda_rmsln_foreach_equals_per_tensor_without_host_sync(decoupled):
         results.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("wrap", ["rln", "rmsln", "rmsln_over_rln"])
+def test_cuda_whole_step_captures_in_a_cuda_graph(wrap):
+    """As with torch's capturable optimizers, forward, backward and the wrapped step go into one
+    CUDA graph after a few warm-up steps (the settings are cached on the device, the kernels
+    are called without Dynamo, nothing syncs), and replaying it equals stepping eagerly."""
+
+    def build():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(40, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1)).cuda()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2, capturable=True)
+        if wrap in ("rln", "rmsln_over_rln"):
+            opt = RLNOptimizer(opt, params=[model[0].weight], avg_reg=-5.0, reg_lr=1e4)
+        if wrap in ("rmsln", "rmsln_over_rln"):
+            opt = RMSLNWrapper(opt, reg_lambda=1e-2)
+        return model, opt
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(128, 40, generator=g).cuda()
+    y = x[:, :3].sum(1, keepdim=True)
+
+    def step(model, opt):
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+    eager_model, eager_opt = build()
+    for _ in range(12):
+        step(eager_model, eager_opt)
+
+    model, opt = build()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step(model, opt)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    for _ in range(9):
+        graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(model.parameters(), eager_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    if wrap != "rmsln":
+        assert (model[0].weight == 0).any()

@@ -149,6 +149,7 @@ class _Plan:
 
     rows: Rows
     avg_regs: list[float]  # per row
+    theta: float | Tensor  # the same, as one float or a float64 tensor on the device (made once)
     reg_lrs: list[float]  # per row
     bounds: list[float]  # per row: the clamp of the coefficient (fold_bound)
     waves: list[list[Chunk]]
@@ -181,10 +182,17 @@ def _plan(
         reg_lrs += per_copy(reg_lr, copies)
         bounds += [fold_bound(sdt, p.numel() // max(copies, 1))] * copies
     limit = _wave_limit(params[0].device)
-    plan = _Plan(rows, avg_regs, reg_lrs, bounds, list(waves(rows, limit)), limit)
+    plan = _Plan(rows, avg_regs, _theta(avg_regs, folded[0].device), reg_lrs, bounds, list(waves(rows, limit)), limit)
     if cache is not None:
         cache["plan"] = (key, plan)
     return plan
+
+
+def _theta(avg_regs: list[float], device: torch.device) -> float | Tensor:
+    """Theta per row: one float if every row shares it (no copy to the device), else a tensor."""
+    if len(set(avg_regs)) <= 1:
+        return avg_regs[0] if avg_regs else 0.0
+    return torch.tensor(avg_regs, dtype=torch.float64, device=device)
 
 
 def _same_key(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
@@ -259,7 +267,7 @@ def _shifts(
     copies: list[int],
     total: Tensor,
     count: Tensor,
-    avg_regs: list[float],
+    theta: float | Tensor,
     project: bool,
     shards: Sequence[Shards | None] | None,
     sdt: torch.dtype,
@@ -277,7 +285,6 @@ def _shifts(
         )
         total = torch.cat([p[0] for p in parts])
         count = torch.cat([p[1] for p in parts])
-    theta = torch.tensor(avg_regs, dtype=torch.float64, device=total.device)
     return (total / count.clamp(min=1.0) - theta).to(sdt)
 
 
@@ -334,7 +341,9 @@ def _single_tensor_rln(
             totals.append([torch.dot(pre[s : s + step], ok[s : s + step]) for s in starts])
             counts.append([ok[s : s + step].sum() for s in starts])
     device = folded[0].device
-    shifts = _shifts(rows.copies, _per_row(totals, device), _per_row(counts, device), thetas, project, shards, sdt)
+    shifts = _shifts(
+        rows.copies, _per_row(totals, device), _per_row(counts, device), _theta(thetas, device), project, shards, sdt
+    )
     k = 0
     for i, copies in enumerate(rows.copies):  # sweep 2: the update (writes)
         for c in range(copies):
@@ -392,7 +401,7 @@ def _multi_tensor_rln(
     plan = _plan(params, folded, r_prevs, batch_dims, avg_reg, reg_lr, cache)
     sdt = folded[0].dtype
     total, count = _sums(plan, sdt, scratch)
-    shifts = _shifts(plan.rows.copies, total, count, plan.avg_regs, project, shards, sdt)
+    shifts = _shifts(plan.rows.copies, total, count, plan.theta, project, shards, sdt)
     for wave in plan.waves:
         weights, lams, shrinks = _chunk_lists(wave)  # lams: the folded coefficients, becoming lam then a
         clean, finite, cap, mask = scratch.views(wave, sdt)
