@@ -303,3 +303,25 @@ def global_hook_dicts():
     import torch.optim.optimizer as torch_optimizer
 
     return torch_optimizer._global_optimizer_pre_hooks, torch_optimizer._global_optimizer_post_hooks
+
+
+# ---------------------------------------------------------------- devices
+def optimizer_to_device(optimizer, device):
+    """Lightning's ``lightning_fabric.utilities.optimizer._optimizer_to_device`` (2.x), as it
+    moves the state of an optimizer between devices: each tensor of ``optimizer.state``
+    except ``step`` (copied here, the original being private to Lightning)."""
+    for entry in optimizer.state.values():
+        for key, value in entry.items():
+            if key != "step" and isinstance(value, torch.Tensor):
+                entry[key] = value.to(device)
+
+
+def module_to(module, device):
+    """``module.to(device)`` keeping the parameter objects (torch's swap_tensors mode), so the
+    optimizer's references stay valid, as they do for a CPU -> CUDA move."""
+    previous = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        module.to(device)
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(previous)
