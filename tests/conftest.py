@@ -10,13 +10,45 @@ test_<regularizer>_math / _paths / _reference.
 
 from __future__ import annotations
 
+import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from helpers import PATHS, WRAPPERS
+from hypothesis import HealthCheck, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
+from strategies import CI_EXAMPLES
 
 import torch_rln.rln as rln_module
+
+# Hypothesis profiles for the property suite (test_properties*.py), chosen with the
+# environment variable HYPOTHESIS_PROFILE:
+# * ``ci`` (the default): bounded (about a minute for the whole property suite on 2 cores),
+#   reproducible (derandomize: the same examples on every run) and without a database, so
+#   nothing is written into the repository;
+# * ``deep``: 20 times the examples, random (a new part of the input space on every run),
+#   failures kept in ``.hypothesis/`` (git-ignored) and replayed first on the next run.
+# Each property sets its own count as ``examples(n)`` (test_properties.py): n under ``ci``,
+# 20 n under ``deep``.
+settings.register_profile(
+    "ci",
+    max_examples=CI_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+settings.register_profile(
+    "deep",
+    parent=settings.get_profile("ci"),
+    max_examples=20 * CI_EXAMPLES,
+    derandomize=False,
+    database=DirectoryBasedExampleDatabase(Path(__file__).resolve().parent.parent / ".hypothesis" / "examples"),
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def _compiler_works():
