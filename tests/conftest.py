@@ -11,17 +11,13 @@ test_<regularizer>_math / _paths / _reference.
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import pytest
-import torch
-from helpers import PATHS, WRAPPERS
+from helpers import PATHS, WRAPPERS, compiler_works
 from hypothesis import HealthCheck, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 from strategies import CI_EXAMPLES
-
-import torch_rln.rln as rln_module
 
 # Hypothesis profiles for the property suite (test_properties*.py), chosen with the
 # environment variable HYPOTHESIS_PROFILE:
@@ -51,16 +47,10 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-def _compiler_works():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # compiled_kernel_works warns once where it fails
-        return rln_module.compiled_kernel_works(torch.device("cpu"), torch.float32)
-
-
 @pytest.fixture
 def compiler():
     """Skips the test where torch.compile does not work on this machine (probed once per process)."""
-    if not _compiler_works():
+    if not compiler_works():
         pytest.skip("torch.compile does not work on this machine")
 
 

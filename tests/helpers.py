@@ -149,6 +149,17 @@ WRAPPERS = {
 
 
 # ---------------------------------------------------------------- update paths
+def compiler_works():
+    """Whether torch.compile works on this machine (RLN's float32 kernel, probed once per process)."""
+    import warnings
+
+    import torch_rln.rln as rln_module
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # compiled_kernel_works warns once where it fails
+        return rln_module.compiled_kernel_works(torch.device("cpu"), torch.float32)
+
+
 # The ``path`` fixture (conftest.py) takes these names and skips "compiled" where no compiler works.
 PATHS = {
     "per_tensor": {"foreach": False, "compile": False},

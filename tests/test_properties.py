@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import (
+    compiler_works,
     full_state,
     global_hook_dicts,
     interrupted_at,
@@ -100,16 +101,50 @@ def _one_tensor(stack, value, dtype="float32", reg_lr=6e5, avg_reg=-7.5, norm=1,
     return Scenario(stack=stack, inner=inner, groups=(group,), steps=(StepSpec(seed=1),) * 3, lr=lr)
 
 
+# Found by the deep run (shrunk): a bfloat16 weight at its largest value, reg_lr 10. The first step
+# makes it NaN (issue 22.8 is |w| > max / reg_lr, not only the default reg_lr), its coefficient
+# NaN too, and then the optimizer refuses its own state_dict ("state rln_lam ... holds NaN").
+_BF16_MAX_RELOADED = Scenario(
+    stack="rln",
+    inner="sgd",
+    groups=(
+        GroupSpec(
+            tensors=(TensorSpec(shape=(2,), dtype="bfloat16", scale=0.001, sprinkles=((0, "max"),)),),
+            avg_reg=0.0,
+            reg_lr=10.0,
+        ),
+    ),
+    steps=(StepSpec(grad_scale=0.01, checkpoint="reload"),),
+    lr=1e-3,
+)
+
+
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 22.8: at reg_lr of the order of the default, a weight above about 5.7e32 makes its tensor NaN",
+    reason="issue 22.8: a weight above about max / reg_lr (5.7e32 at the default reg_lr) makes its tensor NaN",
 )
 @settings(max_examples=examples(15))
-@given(scn=scenarios(stacks=("rln",), kinds=MODERATE + HUGE), path=st.sampled_from(EAGER))
-@example(scn=_one_tensor("rln", "1e33"), path="foreach")
-@example(scn=_one_tensor("rln", "1e33", norm=2), path="per_tensor")
-def test_rln_huge_finite_weights_stay_finite(scn, path):
-    run(scn, path, after=lambda k, params, opt: _finite(params, opt))
+@given(scn=scenarios(stacks=("rln",), kinds=MODERATE + HUGE))
+@example(scn=_one_tensor("rln", "1e33"))
+@example(scn=_one_tensor("rln", "1e33", norm=2))
+@example(scn=_BF16_MAX_RELOADED)
+def test_rln_huge_finite_weights_stay_finite_and_the_paths_agree(scn):
+    """Finite weights up to the largest float: every weight and coefficient stays finite, every
+    checkpoint event works, and the per-tensor and foreach paths agree to the bit. (A NaN
+    coefficient, once made, also splits the paths: the foreach path's arithmetic masks
+    spread it through the mean, the per-tensor path's where() does not.)"""
+    seen = {path: [] for path in EAGER}
+
+    def check(path):
+        def after(k, params, opt):
+            _finite(params, opt)
+            seen[path].append(observed(params, opt))
+
+        return after
+
+    for path in EAGER:
+        run(scn, path, after=check(path))
+    assert same(seen["per_tensor"], seen["foreach"])
 
 
 @pytest.mark.xfail(
@@ -127,11 +162,12 @@ def test_rmsln_huge_finite_weights_stay_finite(scn, path):
 
 # ---------------------------------------------------------------- the paths agree
 @settings(max_examples=examples(30))
-@given(scn=scenarios(stacks=RLN_STACKS, kinds=MODERATE + HUGE + NON_FINITE))
+@given(scn=scenarios(stacks=RLN_STACKS, kinds=MODERATE + NON_FINITE))
 def test_rln_per_tensor_and_foreach_paths_are_equal(scn):
     """RLN's per-tensor and foreach paths give the same weights and coefficients to the bit,
-    after every step, for every input (non-finite and huge weights too) and event; the RMSLN
-    layer of a stack runs the same path in both runs."""
+    after every step, for every input (non-finite weights too) and event; the RMSLN layer of a
+    stack runs the same path in both runs. TODO(issue 22.8): add HUGE to the kinds once huge
+    weights stay finite (test_rln_huge_finite_weights_stay_finite_and_the_paths_agree)."""
     seen = {}
 
     def record(name):
@@ -151,15 +187,18 @@ RMSLN_RTOL = {"float64": 1e-12, "float32": 1e-5, "bfloat16": 1e-2, "float16": 2e
 
 @settings(max_examples=examples(25))
 @given(
-    scn=scenarios(stacks=RMSLN_ONLY_STACKS, steps=(1, 3)),
-    compiled=st.booleans(),
-    compiled_scn=scenarios(stacks=RMSLN_ONLY_STACKS, dtypes=("float32",), steps=(1, 3)),
+    case=st.one_of(
+        scenarios(stacks=RMSLN_ONLY_STACKS, steps=(1, 3)).map(lambda scn: (scn, EAGER)),
+        scenarios(stacks=RMSLN_ONLY_STACKS, dtypes=("float32",), steps=(1, 3)).map(
+            lambda scn: (scn, (*EAGER, "compiled"))
+        ),
+    )
 )
-def test_rmsln_paths_agree(scn, compiled, compiled_scn):
+def test_rmsln_paths_agree(case):
     """RMSLN's per-tensor, foreach and (float32) compiled paths agree within rounding."""
-    if compiled:
-        scn = compiled_scn
-    paths = (*EAGER, "compiled") if compiled else EAGER
+    scn, paths = case
+    if "compiled" in paths and not compiler_works():
+        paths = EAGER
     results = {path: run(scn, path)[0] for path in paths}
     for path in paths[1:]:
         for i, (a, b) in enumerate(zip(results["per_tensor"], results[path], strict=True)):
@@ -179,7 +218,8 @@ def test_rln_compiled_path_agrees_with_eager(scn):
     tests/test_rln_paths.py documents (weights rtol 1e-5; coefficients rtol 1e-4, atol 1e-3),
     over up to 3 steps with nu up to 1e4: RLN's dynamics amplify rounding, so longer runs or
     larger nu part further (each path is then held to float64 instead, as test_rln_paths does)."""
-    pytest.importorskip("torch._inductor")
+    if not compiler_works():
+        pytest.skip("torch.compile does not work on this machine")
     eager_params, eager_opt = run(scn, "foreach")
     compiled_params, compiled_opt = run(scn, "compiled")
     for a, b in zip(eager_params, compiled_params, strict=True):
@@ -298,6 +338,8 @@ def test_rln_a_non_finite_weight_changes_nothing_else_in_its_tensor(case):
     coefficients at avg_reg, and every other weight and coefficient trains as in the tensor
     without them (the mean is over the finite weights)."""
     n, bad, dtype, inner, path, group, steps, seed = case
+    if path == "compiled" and not compiler_works():
+        path = "foreach"
     kept = [i for i in range(n) if i not in dict(bad)]
     start = TensorSpec(shape=(n,), dtype=dtype, seed=seed, scale=0.5).make()
     for i, kind in bad:
@@ -320,6 +362,55 @@ def test_rln_a_non_finite_weight_changes_nothing_else_in_its_tensor(case):
     rtol, atol = NON_FINITE_TOL[dtype]
     torch.testing.assert_close(w_all[kept], w_kept, rtol=rtol, atol=atol)
     torch.testing.assert_close(lam_all[kept], lam_kept, rtol=max(rtol, 1e-4) if dtype != "float64" else rtol, atol=1e-4)
+
+
+@st.composite
+def rmsln_non_finite_cases(draw):
+    n = draw(st.integers(3, 12))
+    bad = draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=n - 2, unique=True))
+    return (
+        n,
+        tuple((i, draw(st.sampled_from(NON_FINITE))) for i in bad),
+        draw(st.sampled_from(["float32", "float64"])),
+        draw(st.sampled_from(["sgd", "sgd_momentum", "adam"])),
+        draw(st.sampled_from(EAGER)),
+        {"reg_lambda": draw(st.one_of(st.just(0.0), log_uniform(1e-4, 3.0))), "target": draw(st.floats(0.0, 3.0))},
+        draw(st.booleans()),
+        draw(st.integers(1, 3)),
+        draw(st.integers(0, 999)),
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="found by this suite (not in issue 22): a NaN or +-Inf weight makes RMSLN's norm NaN, and RMSLN "
+    "then writes NaN over its whole tensor (coupled: over the whole gradient), even at reg_lambda=0. "
+    "Autograd of rms_penalty does the same: decide whether RMSLN should skip non-finite weights as RLN does "
+    "(then keep this test) or document it (then delete this test)",
+)
+@settings(max_examples=examples(10))
+@given(case=rmsln_non_finite_cases())
+@example(case=(3, ((0, "nan"),), "float32", "sgd", "foreach", {"reg_lambda": 0.0, "target": 1.0}, True, 1, 0))
+@example(case=(3, ((0, "nan"),), "float32", "sgd", "per_tensor", {"reg_lambda": 0.5, "target": 1.0}, False, 1, 0))
+def test_rmsln_a_non_finite_weight_changes_nothing_else_in_its_tensor(case):
+    """As for RLN: weights NaN or +-Inf from the start leave the others training as in the
+    tensor without them."""
+    n, bad, dtype, inner, path, group, decoupled, steps, seed = case
+    kept = [i for i in range(n) if i not in dict(bad)]
+    start = TensorSpec(shape=(n,), dtype=dtype, seed=seed, scale=0.5).make()
+    for i, kind in bad:
+        start[i] = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}[kind]
+    results = []
+    for values, index in ((start, list(range(n))), (start[kept].clone(), kept)):
+        w = torch.nn.Parameter(values.clone())
+        opt = RMSLNWrapper(INNER[inner]([w], 1e-2), [w], **group, decoupled=decoupled, **PATHS[path])
+        for k in range(steps):
+            full = gradient(StepSpec(seed=seed + k), 0, torch.empty(n, dtype=w.dtype))
+            w.grad = full[index].clone()
+            opt.step()
+        results.append(w.detach().clone())
+    rtol = RMSLN_RTOL[dtype]
+    torch.testing.assert_close(results[0][kept], results[1], rtol=rtol, atol=rtol)
 
 
 # ---------------------------------------------------------------- invalid settings are refused before anything changes
