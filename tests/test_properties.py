@@ -85,7 +85,7 @@ def _finite(params, opt):
 
 
 # ---------------------------------------------------------------- finite inputs stay finite
-@settings(max_examples=examples(40))
+@settings(max_examples=examples(150))
 @given(scn=scenarios(kinds=MODERATE), path=st.sampled_from(EAGER))
 def test_finite_inputs_stay_finite(scn, path):
     """Finite weights (zeros, subnormals and large values sprinkled in) and finite gradients:
@@ -161,7 +161,7 @@ def test_rmsln_huge_finite_weights_stay_finite(scn, path):
 
 
 # ---------------------------------------------------------------- the paths agree
-@settings(max_examples=examples(30))
+@settings(max_examples=examples(100))
 @given(scn=scenarios(stacks=RLN_STACKS, kinds=MODERATE + NON_FINITE))
 def test_rln_per_tensor_and_foreach_paths_are_equal(scn):
     """RLN's per-tensor and foreach paths give the same weights and coefficients to the bit,
@@ -185,7 +185,7 @@ def test_rln_per_tensor_and_foreach_paths_are_equal(scn):
 RMSLN_RTOL = {"float64": 1e-12, "float32": 1e-5, "bfloat16": 1e-2, "float16": 2e-3}
 
 
-@settings(max_examples=examples(25))
+@settings(max_examples=examples(60))
 @given(
     case=st.one_of(
         scenarios(stacks=RMSLN_ONLY_STACKS, steps=(1, 3)).map(lambda scn: (scn, EAGER)),
@@ -207,7 +207,7 @@ def test_rmsln_paths_agree(case):
             torch.testing.assert_close(b, a, rtol=rtol, atol=rtol * scale, equal_nan=True, msg=f"{path}, tensor {i}")
 
 
-@settings(max_examples=examples(12))
+@settings(max_examples=examples(30))
 @given(
     scn=scenarios(
         stacks=("rln",), dtypes=("float32",), kinds=("zero",), steps=(1, 3), max_reg_lr=1e4, avg_reg=(-12.0, 0.0)
@@ -278,7 +278,7 @@ def _checkpoints_are_read_only_and_resume_is_exact(case):
     assert same(full_state(params, opt), reference), "the resumed run parts from the uninterrupted one"
 
 
-@settings(max_examples=examples(20))
+@settings(max_examples=examples(60))
 @given(case=checkpoint_cases(RMSLN_ONLY_STACKS))
 def test_rmsln_checkpoints_are_read_only_and_resume_is_exact(case):
     """A run that takes state_dict() after some steps and throws it away, and a run resumed
@@ -331,7 +331,7 @@ def non_finite_cases(draw):
 NON_FINITE_TOL = {"float64": (1e-10, 1e-12), "float32": (1e-4, 1e-6), "bfloat16": (2e-2, 1e-3), "float16": (2e-3, 1e-4)}
 
 
-@settings(max_examples=examples(25))
+@settings(max_examples=examples(80))
 @given(case=non_finite_cases())
 def test_rln_a_non_finite_weight_changes_nothing_else_in_its_tensor(case):
     """Weights NaN or +-Inf from the start, in a 1-D tensor: they stay non-finite with their
@@ -489,7 +489,7 @@ def _invalid_setting_case(case, where):
 
 
 @pytest.mark.parametrize("where", ["constructor", "add_param_group", "load_state_dict"])
-@settings(max_examples=examples(10))
+@settings(max_examples=examples(40))
 @given(case=invalid_setting_cases())
 def test_invalid_settings_are_refused_before_anything_changes(where, case):
     """A bad value of any setting, given to the constructor (as a default or in a group), to
@@ -592,7 +592,7 @@ def reference_cases(draw):
     }
 
 
-@settings(max_examples=examples(30))
+@settings(max_examples=examples(120))
 @given(case=reference_cases())
 def test_rln_equals_the_numpy_reference(case):
     """float64 RLN with SGD against tests/reference.py (the equations as published), copy by
@@ -654,7 +654,7 @@ def penalty_cases(draw):
     }
 
 
-@settings(max_examples=examples(30))
+@settings(max_examples=examples(100))
 @given(case=penalty_cases())
 def test_rmsln_equals_its_penalty_in_the_loss(case):
     """Coupled RMSLN trains as the inner optimizer on loss + rms_penalty (autograd); decoupled
@@ -702,7 +702,7 @@ def test_rmsln_equals_its_penalty_in_the_loss(case):
 
 
 # ---------------------------------------------------------------- a step that moves nothing changes nothing
-@settings(max_examples=examples(15))
+@settings(max_examples=examples(60))
 @given(
     scn=scenarios(checkpoints=(), add_group=False),
     path=st.sampled_from(EAGER),
