@@ -89,8 +89,9 @@ def _finite(params, opt):
 @given(scn=scenarios(kinds=MODERATE), path=st.sampled_from(EAGER))
 def test_finite_inputs_stay_finite(scn, path):
     """Finite weights (zeros, subnormals and large values sprinkled in) and finite gradients:
-    every weight and coefficient stays finite through every step and event. Weights above
-    1e15 are left to the two properties below (TODO: fold them in here once they pass)."""
+    every weight and coefficient stays finite through every step and event. Weights of 1e15
+    and above are left to the two properties below (TODO(issue 22.8 and the RMSLN norm
+    overflow): add HUGE to the kinds here once they pass)."""
     run(scn, path, after=lambda k, params, opt: _finite(params, opt))
 
 
@@ -207,26 +208,84 @@ def test_rmsln_paths_agree(case):
             torch.testing.assert_close(b, a, rtol=rtol, atol=rtol * scale, equal_nan=True, msg=f"{path}, tensor {i}")
 
 
-@settings(max_examples=examples(30))
-@given(
-    scn=scenarios(
-        stacks=("rln",), dtypes=("float32",), kinds=("zero",), steps=(1, 3), max_reg_lr=1e4, avg_reg=(-12.0, 0.0)
-    )
+def _shrinks(weights, lam, norm, reach):
+    """The last shrink ``|r|`` of each weight, from what a run shows (its weights W and
+    coefficients): L1 ``e^lam``; L2 ``2 e^lam |W| / (1 - 2 e^lam)`` where the cap did not bind.
+    Where W is 0 the cap bound (``r = w'``) or ``w'`` was 0: at most ``reach``."""
+    e = lam.double().exp()
+    w = weights.detach().double().abs()
+    free = e if norm == 1 else 2 * e * w / (1 - 2 * e).clamp(min=1e-300)
+    return torch.where(w == 0, torch.clamp(e, max=reach), free)
+
+
+def _rounding_tolerances(scn, history):
+    """Per step, how far two float32 runs of ``scn`` may part by rounding alone (the model in
+    torch_rln/rln.py's docstring): each step adds ``eps (|lam| + |nu W r|)`` to the coefficients
+    (the folded state rounds ``nu W r``), the gradient term ``nu w' r_prev`` multiplies what
+    they differed by ``1 + nu |r| (|r| + |w'|)``, and a coefficient's error moves its weight
+    by ``|r|`` times it. ``history`` holds the weights and coefficients after each step."""
+    eps = torch.finfo(torch.float32).eps
+    specs = [(g, t) for g in scn.groups for t in g.tensors] + ([(scn.groups[0], scn.added)] if scn.added else [])
+    lam_tol, w_tol, previous, tolerances = 0.0, 0.0, None, []
+    start = max((float(t.make().double().abs().max()) for _, t in specs if math.prod(t.shape)), default=0.0)
+    for k, (weights, lambdas) in enumerate(history):
+        step = scn.steps[k]
+        if previous is not None:
+            start = max((float(w.abs().max()) for w, _ in previous if w.numel()), default=0.0)
+        reach = start + 6 * scn.lr * step.grad_scale
+        amp, fold = 1.0, 0.0
+        for (group, _), (w, r) in zip(specs, previous or [], strict=False):
+            if w.numel():
+                fold = max(fold, group.reg_lr * float((w.abs() * r).max()))
+                amp = max(amp, 1 + group.reg_lr * float((r * (r + w.abs() + reach)).max()))
+        lam_size = max((float(lam.abs().max()) for lam in lambdas if lam.numel()), default=0.0)
+        lam_tol = lam_tol * amp + 64 * eps * (1 + lam_size + 3 * fold)
+        current = [
+            (w.detach().double(), _shrinks(w, lam, group.norm, reach))
+            for (group, _), w, lam in zip(specs, weights, lambdas, strict=False)
+        ]
+        r_max = max((float(r.max()) for _, r in current if r.numel()), default=0.0)
+        w_max = max((float(w.abs().max()) for w, _ in current if w.numel()), default=0.0)
+        w_tol = w_tol * amp + r_max * lam_tol + 64 * eps * w_max
+        previous = current
+        tolerances.append((lam_tol, w_tol))
+    return tolerances
+
+
+# Found by the deep run (with a fixed tolerance): a weight of 30, Theta 0 and nu 1e3, where
+# |nu W r| is 3e4 and its float32 rounding alone moves a coefficient by 2e-3.
+_LARGE_FOLD = Scenario(
+    stack="rln",
+    inner="sgd",
+    groups=(GroupSpec(tensors=(TensorSpec(shape=(2,), scale=30.0),), avg_reg=0.0, reg_lr=1e3),),
+    steps=(StepSpec(grad_scale=0.01),) * 3,
+    lr=1e-3,
 )
+
+
+@settings(max_examples=examples(30))
+@given(scn=scenarios(stacks=("rln",), dtypes=("float32",), kinds=("zero",), steps=(1, 3), checkpoints=()))
+@example(scn=_LARGE_FOLD)
 def test_rln_compiled_path_agrees_with_eager(scn):
-    """The compiled kernel against the foreach path, float32, within the tolerance
-    tests/test_rln_paths.py documents (weights rtol 1e-5; coefficients rtol 1e-4, atol 1e-3),
-    over up to 3 steps with nu up to 1e4: RLN's dynamics amplify rounding, so longer runs or
-    larger nu part further (each path is then held to float64 instead, as test_rln_paths does)."""
+    """The compiled kernel against the foreach path, float32, after every step, within what
+    rounding alone explains (:func:`_rounding_tolerances`: RLN's dynamics amplify rounding,
+    so the bound grows with nu, the weights and the steps)."""
     if not compiler_works():
         pytest.skip("torch.compile does not work on this machine")
-    eager_params, eager_opt = run(scn, "foreach")
-    compiled_params, compiled_opt = run(scn, "compiled")
-    for a, b in zip(eager_params, compiled_params, strict=True):
-        scale = float(a.detach().abs().max()) if a.numel() else 0.0
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6 * max(1.0, scale))
-    for a, b in zip(lambdas_of(eager_opt), lambdas_of(compiled_opt), strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-3)
+    seen = {"foreach": [], "compiled": []}
+    for path, history in seen.items():
+        run(
+            scn,
+            path,
+            after=lambda k, params, opt, h=history: h.append(([p.detach().clone() for p in params], lambdas_of(opt))),
+        )
+    for k, ((w_eager, lam_eager), (w_compiled, lam_compiled), (lam_tol, w_tol)) in enumerate(
+        zip(seen["foreach"], seen["compiled"], _rounding_tolerances(scn, seen["foreach"]), strict=True)
+    ):
+        for a, b in zip(w_eager, w_compiled, strict=True):
+            torch.testing.assert_close(b, a, rtol=0, atol=w_tol, msg=lambda m, k=k: f"weights, step {k}: {m}")
+        for a, b in zip(lam_eager, lam_compiled, strict=True):
+            torch.testing.assert_close(b, a, rtol=0, atol=lam_tol, msg=lambda m, k=k: f"coefficients, step {k}: {m}")
 
 
 # ---------------------------------------------------------------- checkpoints are read-only, resume is exact
@@ -594,11 +653,28 @@ def reference_cases(draw):
 
 @settings(max_examples=examples(120))
 @given(case=reference_cases())
+@example(  # found by the deep run: SGD's fused multiply-add and NumPy's two roundings differ in w'
+    case={
+        "shape": (2, 3, 6),
+        "batch_dims": 1,
+        "norm": 1,
+        "avg_reg": 0.0,
+        "reg_lr": 0.0,
+        "lr": 0.1,
+        "steps": 1,
+        "seed": 2,
+        "scale": 0.3,
+        "dead": (),
+        "path": "per_tensor",
+    }
+)
 def test_rln_equals_the_numpy_reference(case):
     """float64 RLN with SGD against tests/reference.py (the equations as published), copy by
-    copy, after every step. The tolerance is the fold's rounding: the state keeps
-    lam + nu W r, so the coefficients carry an absolute error of about eps * |nu W r| per step
-    (the module docstring), and the weights that error times the shrink."""
+    copy, after every step, within what rounding explains (as in
+    test_rln_compiled_path_agrees_with_eager): the state keeps lam + nu W r, so each step adds
+    about eps * (|lam| + |nu W r|) to the coefficients (the module docstring), the gradient
+    term multiplies an earlier difference by 1 + nu |r| (|r| + |w'|), and the weights move by
+    the shrink times the coefficients' error."""
     g = torch.Generator().manual_seed(case["seed"])
     w0 = case["scale"] * torch.randn(case["shape"], generator=g, dtype=torch.float64)
     grads = [torch.randn(case["shape"], generator=g, dtype=torch.float64) for _ in range(case["steps"])]
@@ -611,27 +687,33 @@ def test_rln_equals_the_numpy_reference(case):
         opt = RLNOptimizer(torch.optim.SGD([w], lr=case["lr"]), [w], **settings_, **PATHS[case["path"]])
     copies = [()] if case["batch_dims"] == 0 else [(c,) for c in range(case["shape"][0])]
     refs = {c: NumpyRLN(case["shape"][-2:], case["norm"], case["avg_reg"], case["reg_lr"]) for c in copies}
-    w_ref = {c: w0[c].numpy().copy() for c in copies}
-    eps = np.finfo(np.float64).eps
-    drift = 0.0
+    w_ref = w0.clone()  # the reference's weights, whole, so that its inner step is SGD's own arithmetic
+    eps, nu = np.finfo(np.float64).eps, case["reg_lr"]
+    lam_tol = w_tol = 0.0
     for step, grad in enumerate(grads):
         w.grad = grad.clone()
         opt.step()
         lam = opt.lambdas(w)
+        # SGD's update, p.add_(grad, alpha=-lr), on the same shapes: fused multiply-adds round once,
+        # and where the update nearly cancels the weight, log|w'| (the cap) would show the difference.
+        w_new = w_ref.add(grad, alpha=-case["lr"])
+        amp, fold, lam_size = 1.0, 0.0, 0.0
         for c in copies:
             ref = refs[c]
-            w_new = w_ref[c] - case["lr"] * grad[c].numpy()
-            fold = case["reg_lr"] * np.abs(w_new).max() * (0.0 if ref.r_prev is None else np.abs(ref.r_prev).max())
-            w_ref[c] = ref.after_inner_step(w_new)
-            fold = max(fold, case["reg_lr"] * np.abs(w_ref[c]).max() * np.abs(ref.r_prev).max())
-            drift += 64 * eps * (1.0 + abs(case["avg_reg"]) + np.abs(ref.lam).max() + fold)
-            lam_tol = drift
-            w_tol = 64 * eps * np.abs(w_new).max() + drift * np.abs(ref.r_prev).max()
+            r_prev = np.zeros(case["shape"][-2:]) if ref.r_prev is None else np.abs(ref.r_prev)
+            amp = max(amp, 1.0 + nu * float((r_prev * (r_prev + np.abs(w_new[c].numpy()))).max()))
+            w_ref[c] = torch.from_numpy(ref.after_inner_step(w_new[c].numpy().copy()))
+            fold = max(fold, nu * float((np.abs(ref.w_prev) * np.abs(ref.r_prev)).max()))
+            lam_size = max(lam_size, float(np.abs(ref.lam).max()))
+        lam_tol = lam_tol * amp + 64 * eps * (1.0 + lam_size + 3 * fold)
+        r_max = max(float(np.abs(refs[c].r_prev).max()) for c in copies)
+        w_tol = w_tol * amp + r_max * lam_tol + 64 * eps * float(w_new.abs().max())
+        for c in copies:
             np.testing.assert_allclose(
-                lam[c].numpy(), ref.lam, rtol=0, atol=lam_tol, err_msg=f"lam, step {step}, copy {c}"
+                lam[c].numpy(), refs[c].lam, rtol=0, atol=lam_tol, err_msg=f"lam, step {step}, copy {c}"
             )
             np.testing.assert_allclose(
-                w.detach()[c].numpy(), ref.w_prev, rtol=0, atol=w_tol, err_msg=f"w, step {step}, copy {c}"
+                w.detach()[c].numpy(), refs[c].w_prev, rtol=0, atol=w_tol, err_msg=f"w, step {step}, copy {c}"
             )
 
 
