@@ -10,25 +10,47 @@ test_<regularizer>_math / _paths / _reference.
 
 from __future__ import annotations
 
-import warnings
+import os
+from pathlib import Path
 
 import pytest
-import torch
-from helpers import PATHS, WRAPPERS
+from helpers import PATHS, WRAPPERS, compiler_works
+from hypothesis import HealthCheck, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
+from strategies import CI_EXAMPLES
 
-import torch_rln.rln as rln_module
-
-
-def _compiler_works():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # compiled_kernel_works warns once where it fails
-        return rln_module.compiled_kernel_works(torch.device("cpu"), torch.float32)
+# Hypothesis profiles for the property suite (test_properties*.py), chosen with the
+# environment variable HYPOTHESIS_PROFILE:
+# * ``ci`` (the default): bounded (about a minute for the whole property suite on 2 cores),
+#   reproducible (derandomize: the same examples on every run) and without a database, so
+#   nothing is written into the repository;
+# * ``deep``: 20 times the examples, random (a new part of the input space on every run),
+#   failures kept in ``.hypothesis/`` (git-ignored) and replayed first on the next run.
+# Each property sets its own count as ``examples(n)`` (test_properties.py): n under ``ci``,
+# 20 n under ``deep``.
+settings.register_profile(
+    "ci",
+    max_examples=CI_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+settings.register_profile(
+    "deep",
+    parent=settings.get_profile("ci"),
+    max_examples=20 * CI_EXAMPLES,
+    derandomize=False,
+    database=DirectoryBasedExampleDatabase(Path(__file__).resolve().parent.parent / ".hypothesis" / "examples"),
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture
 def compiler():
     """Skips the test where torch.compile does not work on this machine (probed once per process)."""
-    if not _compiler_works():
+    if not compiler_works():
         pytest.skip("torch.compile does not work on this machine")
 
 

@@ -149,6 +149,17 @@ WRAPPERS = {
 
 
 # ---------------------------------------------------------------- update paths
+def compiler_works():
+    """Whether torch.compile works on this machine (RLN's float32 kernel, probed once per process)."""
+    import warnings
+
+    import torch_rln.rln as rln_module
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # compiled_kernel_works warns once where it fails
+        return rln_module.compiled_kernel_works(torch.device("cpu"), torch.float32)
+
+
 # The ``path`` fixture (conftest.py) takes these names and skips "compiled" where no compiler works.
 PATHS = {
     "per_tensor": {"foreach": False, "compile": False},
@@ -166,3 +177,162 @@ def train_with_penalty(model, opt, data, steps=None, reg_lambda=0.05, target=1.0
         opt.zero_grad()
         (mse(model, x, y) + rms_penalty(weights(model), reg_lambda, target)).backward()
         opt.step()
+
+
+# ---------------------------------------------------------------- comparing whole states
+def same(a, b):
+    """Whether two nested structures (dicts, lists, tuples, tensors, numbers) are equal, tensors
+    to the bit (same dtype, shape and values, NaN equal to NaN)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            return False
+        if a.dtype != b.dtype or a.shape != b.shape or a.device != b.device:
+            return False
+        return a.device.type == "meta" or bool(torch.equal(a, b) or ((a == b) | (a.isnan() & b.isnan())).all())
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True
+    return type(a) is type(b) and a == b
+
+
+def lambdas_of(opt):
+    """The coefficients of every tensor the RLNOptimizer in a stack regularizes (public: ``lambdas``)."""
+    rln = rln_of(opt)
+    return [] if rln is None else [rln.lambdas(p) for p in rln.regularized_params()]
+
+
+def full_state(params, opt, state_dict=True):
+    """Everything a step may change, copied through public API: the weights, their gradients,
+    the RLN coefficients, ``optimizer.state`` per parameter and (``state_dict``) the whole
+    state dict (inner state, every regularizer's state and settings). ``state_dict()`` is
+    called: take it last, or on runs that all call it alike."""
+    import copy
+
+    params = list(params)
+    state = {
+        "weights": [p.detach().clone() for p in params],
+        "grads": [None if p.grad is None else p.grad.detach().clone() for p in params],
+        "lambdas": lambdas_of(opt),
+        "state": [copy.deepcopy(dict(opt.state.get(p, {}))) for p in params],
+    }
+    if state_dict:
+        state["state_dict"] = copy.deepcopy(opt.state_dict())
+    return state
+
+
+# ---------------------------------------------------------------- interrupts
+def _in_library(filename):
+    import os
+
+    import torch_rln
+
+    return filename.startswith(os.path.dirname(torch_rln.__file__) + os.sep)
+
+
+def library_lines(fn):
+    """The number of lines of torch_rln's own code that ``fn()`` executes (trace line events)."""
+    import sys
+
+    count = 0
+
+    def local(frame, event, arg):
+        nonlocal count
+        if event == "line":
+            count += 1
+        return local
+
+    def calls(frame, event, arg):
+        return local if _in_library(frame.f_code.co_filename) else None
+
+    sys.settrace(calls)
+    try:
+        fn()
+    finally:
+        sys.settrace(None)
+    return count
+
+
+def interrupted_at(k, fn):
+    """Run ``fn()`` and deliver a real SIGINT (``signal.raise_signal``) at the ``k``-th line of
+    torch_rln's own code that it executes, as a Ctrl-C in a terminal or a notebook's
+    interrupt would. Returns whether ``fn`` ended with KeyboardInterrupt (it is caught).
+    See :func:`process_state` for what an interrupt may leave behind in the process."""
+    import signal
+    import sys
+
+    count = 0
+
+    def local(frame, event, arg):
+        nonlocal count
+        if event == "line":
+            count += 1
+            if count == k:
+                sys.settrace(None)
+                signal.raise_signal(signal.SIGINT)
+        return local
+
+    def calls(frame, event, arg):
+        return local if _in_library(frame.f_code.co_filename) else None
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        sys.settrace(calls)
+        try:
+            fn()
+        finally:
+            sys.settrace(None)
+    except KeyboardInterrupt:
+        return True
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return False
+
+
+def process_state():
+    """The process-wide state a step must leave as it found it, even when interrupted: grad
+    mode and torch's global step-hook dicts (identity and content). (The dicts are private
+    torch names, read here only.)"""
+    import torch.optim.optimizer as torch_optimizer
+
+    pre, post = torch_optimizer._global_optimizer_pre_hooks, torch_optimizer._global_optimizer_post_hooks
+    return torch.is_grad_enabled(), id(pre), id(post), list(pre), list(post)
+
+
+def restore_process_state(saved_dicts):
+    """Put grad mode back on and torch's global step-hook dicts back to ``saved_dicts`` (the
+    objects themselves), so that one broken run does not break the tests that follow."""
+    import torch.optim.optimizer as torch_optimizer
+
+    torch.set_grad_enabled(True)
+    torch_optimizer._global_optimizer_pre_hooks, torch_optimizer._global_optimizer_post_hooks = saved_dicts
+
+
+def global_hook_dicts():
+    import torch.optim.optimizer as torch_optimizer
+
+    return torch_optimizer._global_optimizer_pre_hooks, torch_optimizer._global_optimizer_post_hooks
+
+
+# ---------------------------------------------------------------- devices
+def optimizer_to_device(optimizer, device):
+    """Lightning's ``lightning_fabric.utilities.optimizer._optimizer_to_device`` (2.x), as it
+    moves the state of an optimizer between devices: each tensor of ``optimizer.state``
+    except ``step`` (copied here, the original being private to Lightning)."""
+    for entry in optimizer.state.values():
+        for key, value in entry.items():
+            if key != "step" and isinstance(value, torch.Tensor):
+                entry[key] = value.to(device)
+
+
+def module_to(module, device):
+    """``module.to(device)`` keeping the parameter objects (torch's swap_tensors mode), so the
+    optimizer's references stay valid, as they do for a CPU -> CUDA move."""
+    previous = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        module.to(device)
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(previous)

@@ -115,3 +115,39 @@ def test_cuda_whole_step_captures_in_a_cuda_graph(wrap):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     if wrap != "rmsln":
         assert (model[0].weight == 0).any()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 22 (rough edge): RLN's state sits outside optimizer.state, so a helper that moves the "
+    "optimizer state between devices (Lightning's _optimizer_to_device) leaves it on the CPU",
+)
+@pytest.mark.parametrize("foreach", [True, False])
+def test_rln_state_moves_with_the_optimizer_state_from_cpu_to_cuda(foreach):
+    """Trained 5 steps on the CPU, the model moved to CUDA, the optimizer state moved as
+    Lightning moves it; 5 more steps on CUDA equal 5 more on the CPU (to float32 rounding),
+    and every state tensor is on CUDA. (test_wrapper.py checks the same move to ``meta`` on
+    any machine.)"""
+    from helpers import module_to, optimizer_to_device
+
+    def run(move):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+        opt = RLNOptimizer(torch.optim.Adam(model.parameters(), lr=1e-2), avg_reg=-5.0, reg_lr=1e4, foreach=foreach)
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(64, 12, generator=g)
+        for k in range(10):
+            if k == 5 and move:
+                module_to(model, "cuda")
+                optimizer_to_device(opt, torch.device("cuda"))
+                x = x.cuda()
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), x[:, :3].sum(1, keepdim=True)).backward()
+            opt.step()
+        return model, opt
+
+    (moved, moved_opt), (stayed, _) = run(True), run(False)
+    for a, b in zip(moved.parameters(), stayed.parameters(), strict=True):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-5)
+    state = moved_opt.state_dict()["state"]
+    assert all(v.is_cuda for entry in state.values() for k, v in entry.items() if k != "step")

@@ -1,10 +1,11 @@
 """Bad input, for both wrappers: a clear error that names the bad value, before anything changes."""
 
 import math
+import re
 
 import pytest
 import torch
-from helpers import make_model, noise_batches, train, weights
+from helpers import WRAPPERS, full_state, make_model, mse, noise_batches, same, train, weights
 from torch import nn
 
 from torch_rln import RLNOptimizer, RMSLNWrapper, rms_penalty
@@ -271,3 +272,65 @@ def test_rln_loaded_settings_are_validated_against_the_tensors():
         opt.load_state_dict(sd)
     assert opt.reg_groups[0]["batch_dims"] == 0
     assert torch.equal(opt.lambdas(w), lam)
+
+
+# ---------------------------------------------------------------- issue 22's rough edges: settings edited at runtime
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 22 (rough edge): a setting edited in reg_groups at runtime is never validated "
+    "(reg_lr=nan makes weights NaN, norm=3 makes the paths disagree, batch_dims=5 raises IndexError)",
+)
+@pytest.mark.parametrize(
+    ("name", "key", "value", "match"),
+    [
+        ("rln", "reg_lr", math.nan, r"Invalid reg_lr: nan"),
+        ("rln", "reg_lr", -1.0, r"Invalid reg_lr: -1\.0"),
+        ("rln", "norm", 3, r"Invalid norm: 3"),
+        ("rln", "avg_reg", math.inf, r"Invalid avg_reg: inf"),
+        ("rln", "batch_dims", 5, r"Invalid batch_dims: 5"),
+        ("rmsln", "reg_lambda", math.nan, r"Invalid reg_lambda: nan"),
+        ("rmsln_decoupled", "target", -1.0, r"Invalid target: -1\.0"),
+    ],
+)
+def test_a_setting_edited_at_runtime_is_refused_before_anything_changes(name, key, value, match):
+    """``opt.reg_groups[0][key] = value`` with a bad value: a ValueError that names it, raised
+    by the edit itself or at the latest by the next step, before anything changes (the
+    setting, the weights, the gradients, the coefficients, the inner state)."""
+    model = make_model(sizes=(8, 16, 4))
+    opt = WRAPPERS[name](torch.optim.Adam(model.parameters(), lr=1e-2), rmsln={"reg_lambda": 0.1})
+    data = noise_batches()
+    train(model, opt, data, 2)
+    opt.zero_grad()
+    mse(model, *data[2]).backward()
+    group = opt.reg_groups[0]
+    setting, before = group[key], full_state(model.parameters(), opt, state_dict=False)
+    try:
+        group[key] = value
+    except ValueError as error:
+        refused_at_edit = str(error)
+    else:
+        refused_at_edit = None
+    if refused_at_edit is None:
+        with pytest.raises(ValueError, match=match):
+            opt.step()
+    else:
+        assert re.search(match, refused_at_edit)
+        assert group[key] == setting
+    assert same(full_state(model.parameters(), opt, state_dict=False), before)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 22 (rough edge): copies of one element are accepted with a coefficient pinned at avg_reg, "
+    "while a 0-d tensor is refused for that reason",
+)
+@pytest.mark.parametrize(("shape", "batch_dims"), [((1,), 0), ((1, 1), 0), ((3, 1), 1), ((2, 3, 1), 2)])
+def test_rln_refuses_copies_of_one_element_as_it_refuses_a_0d_tensor(shape, batch_dims):
+    """The projection sets the mean of each copy's coefficients to avg_reg: a copy of one
+    element has its one coefficient pinned there, as a 0-d tensor would. Both are refused,
+    with the same reason, naming the shape."""
+    p = torch.nn.Parameter(torch.randn(shape))
+    with pytest.raises(ValueError, match=rf"shape {re.escape(str(shape))}.*pin its one coefficient at avg_reg"):
+        RLNOptimizer(sgd(p), params=[p], batch_dims=batch_dims)
+    with pytest.raises(ValueError, match=r"pin its one coefficient at avg_reg"):
+        RLNOptimizer(sgd(p), params=[{"params": [p], "batch_dims": batch_dims}])

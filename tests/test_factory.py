@@ -1,6 +1,7 @@
 """``RLNOptimizer.factory`` / ``RMSLNWrapper.factory``: optimizer classes that frameworks build."""
 
 import copy
+import io
 import pickle
 import warnings
 
@@ -214,3 +215,46 @@ def test_reg_lr_below_one_warns_once_with_the_value():
         RLNOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), reg_lr=1.0, compile=False)
         warnings.filterwarnings("ignore", message="RLNOptimizer: reg_lr")
         RLNOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), reg_lr=0.5, compile=False)
+
+
+def ids(tensors):
+    return [id(t) for t in tensors]
+
+
+def select_nothing(name, tensor):
+    return False
+
+
+def select_vectors(name, tensor):
+    return tensor.ndim == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 22.5: a factory optimizer's add_param_group ignores the group's own select and leaves "
+    "the function in the inner param group (the checkpoint then fails torch.load(weights_only=True))",
+)
+def test_add_param_group_honours_the_group_s_select_and_keeps_the_checkpoint_loadable():
+    """A ``select`` in a group given to add_param_group chooses that group's tensors, as the
+    same dict does at construction, and is taken out before the inner optimizer sees it: the
+    checkpoint holds no function and loads with weights_only=True."""
+    model = mlp()
+    cls = RLNOptimizer.factory(torch.optim.Adam, **SETTINGS)
+    groups = [
+        {"params": [model[0].weight, model[0].bias]},
+        {"params": list(model[2].parameters()), "select": select_vectors},
+    ]
+    built = cls(groups)
+    assert ids(built.regularized_params()) == ids([model[0].weight, model[2].bias])  # the constructor honours it
+    twin = mlp()
+    opt = cls([twin[0].weight, twin[0].bias])
+    opt.add_param_group({"params": list(twin[2].parameters()), "select": select_vectors})
+    assert ids(opt.regularized_params()) == ids([twin[0].weight, twin[2].bias])
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(3, 4))], "select": select_nothing})
+    assert ids(opt.regularized_params()) == ids([twin[0].weight, twin[2].bias])
+    assert all("select" not in group for group in opt.param_groups)
+    train(twin, opt, steps=2)
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    opt.load_state_dict(torch.load(buffer, weights_only=True))

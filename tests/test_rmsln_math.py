@@ -149,3 +149,85 @@ def test_penalty_method():
     got.backward()
     assert model[0].weight.grad is not None
     assert model[0].bias.grad is None
+
+
+# ---------------------------------------------------------------- maximize and retries (issue 22.4, 22.7)
+def _rms(w):
+    return w.detach().double().pow(2).mean().sqrt().item()
+
+
+MAXIMIZING = {
+    "sgd": lambda ps: torch.optim.SGD(ps, lr=0.1, maximize=True),
+    "adam": lambda ps: torch.optim.Adam(ps, lr=1e-2, maximize=True),
+}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 22.4: coupled RMSLN adds dR/dW to .grad, which an inner optimizer with maximize=True "
+    "climbs: the rms moves away from the target",
+)
+@pytest.mark.parametrize("inner", list(MAXIMIZING))
+def test_coupled_rmsln_with_a_maximizing_inner_optimizer_pulls_toward_the_target_or_is_refused(inner):
+    """With maximize=True (the loss is maximized), the penalty must still pull the rms toward
+    the target, or the combination is refused with a ValueError that names maximize, before
+    anything changes. The loss's own gradient is 0 here: only the penalty moves the weights."""
+    torch.manual_seed(0)
+    w = nn.Parameter(2.0 * torch.randn(8, 8))  # rms 2.09, target 1
+    start, refused = w.detach().clone(), None
+    try:
+        opt = RMSLNWrapper(MAXIMIZING[inner]([w]), reg_lambda=1.0)
+        for _ in range(50):
+            w.grad = torch.zeros_like(w)
+            opt.step()
+    except ValueError as error:
+        refused = str(error)
+    if refused is not None:
+        assert "maximize" in refused
+        assert torch.equal(w, start)
+        return
+    assert abs(_rms(w) - 1.0) < abs(_rms(start) - 1.0) - 0.01
+
+
+@pytest.mark.parametrize("inner", list(MAXIMIZING))
+def test_decoupled_rmsln_with_a_maximizing_inner_optimizer_pulls_toward_the_target(inner):
+    torch.manual_seed(0)
+    w = nn.Parameter(2.0 * torch.randn(8, 8))
+    start = w.detach().clone()
+    opt = RMSLNWrapper(MAXIMIZING[inner]([w]), reg_lambda=1.0, decoupled=True)
+    for _ in range(50):
+        w.grad = torch.zeros_like(w)
+        opt.step()
+    assert abs(_rms(w) - 1.0) < abs(_rms(start) - 1.0) - 0.01
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 22.7: coupled RMSLN adds the penalty's gradient to .grad before the inner step; "
+    "a retry after a failed inner step adds it again",
+)
+def test_coupled_rmsln_retry_after_a_failed_inner_step_applies_the_penalty_once():
+    """The issue's reproduction: the inner step fails once (its pre-hook raises); the failed
+    step leaves the gradient as it was, and the retried step equals the step that never failed."""
+    results = []
+    for fail in (False, True):
+        torch.manual_seed(0)
+        w = nn.Parameter(2.0 * torch.randn(6, 6))
+        inner = torch.optim.SGD([w], lr=0.1)
+        opt = RMSLNWrapper(inner, reg_lambda=1.0)
+        pending = [fail]
+
+        def flaky(optimizer, args, kwargs, pending=pending):
+            if pending.pop():
+                raise RuntimeError("transient")
+
+        inner.register_step_pre_hook(flaky)
+        w.grad = torch.full_like(w, 0.1)
+        if fail:
+            with pytest.raises(RuntimeError, match="transient"):
+                opt.step()
+            assert torch.equal(w.grad, torch.full_like(w, 0.1))
+        pending.append(False)
+        opt.step()
+        results.append(w.detach().clone())
+    assert torch.equal(results[0], results[1])

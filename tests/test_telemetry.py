@@ -116,3 +116,39 @@ def test_stats_do_not_sync_on_cuda():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert stats["0"].eliminated_mask.shape == (64,)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 22.6: stats() raises IndexError on a zero-size regularized weight")
+def test_stats_of_a_zero_size_weight_do_not_raise():
+    """params=None selects a (0, 5) weight (ndim 2); stats() reports the other tensors as
+    usual, whatever it reports for the empty one."""
+    empty, w = torch.nn.Parameter(torch.zeros(0, 5)), torch.nn.Parameter(torch.randn(4, 5))
+    opt = RLNOptimizer(torch.optim.SGD([w, empty], lr=0.1), avg_reg=-4.0, reg_lr=1e3, compile=False)
+    assert opt.regularized_params() == [w, empty]
+    for _ in range(2):
+        w.grad, empty.grad = torch.randn(4, 5), torch.zeros(0, 5)
+        opt.step()
+    stats = opt.stats([("w", w), ("empty", empty)])
+    assert "w" in stats
+    assert stats["w"].eliminated_mask.shape == (5,)
+    assert torch.isfinite(stats["w"].coef_mean)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 22 (rough edge): stats(names) keeps one of two tensors that share a name")
+def test_stats_with_a_name_given_twice_drop_no_tensor():
+    """Two regularized tensors given the same name: stats() keeps both (under distinct keys)
+    or refuses the names with a ValueError; it never drops one silently."""
+    a, b = torch.nn.Parameter(torch.randn(4, 5)), torch.nn.Parameter(torch.randn(3, 5))
+    opt = RLNOptimizer(torch.optim.SGD([a, b], lr=0.1), avg_reg=-4.0, reg_lr=1e3, compile=False)
+    a.grad, b.grad = torch.randn(4, 5), torch.randn(3, 5)
+    opt.step()
+    try:
+        stats, refused = opt.stats([("x", a), ("x", b)]), None
+    except ValueError as error:
+        stats, refused = None, str(error)
+    if refused is not None:
+        assert "'x'" in refused
+        return
+    assert len(stats) == 2
+    mins = sorted(s.coef_min.item() for s in stats.values())
+    assert mins == sorted([opt.lambdas(a).min().item(), opt.lambdas(b).min().item()])

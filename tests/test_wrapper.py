@@ -4,12 +4,13 @@ import copy
 import io
 import math
 import pickle
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from helpers import PATHS, make_model, module_to, noise_batches, optimizer_to_device, same, train, train_step
 from helpers import WRAPPERS as ALL_WRAPPERS
-from helpers import make_model, noise_batches, train, train_step
 
 from torch_rln import RLNOptimizer, RMSLNWrapper
 
@@ -214,3 +215,108 @@ def test_rmsln_add_param_group_regularizes_new_matrices_when_params_is_none():
     opt2 = RMSLNWrapper(torch.optim.SGD([model[0].weight], lr=0.1), [model[0].weight])
     opt2.add_param_group({"params": [model[2].weight]})
     assert not any(p is model[2].weight for p in opt2.regularized_params())
+
+
+# ---------------------------------------------------------------- issue 22's rough edges: param groups and state
+ROUGH_EDGE = "issue 22 (rough edge): "
+
+
+@pytest.mark.xfail(
+    strict=True, reason=ROUGH_EDGE + "a regularizer's setting written into param_groups is silently ignored"
+)
+@pytest.mark.parametrize(
+    ("name", "key", "value"),
+    [
+        ("rln", "avg_reg", -2.0),
+        ("rln", "reg_lr", 1e4),
+        ("rmsln", "reg_lambda", 0.5),
+        ("rmsln_decoupled", "target", 0.2),
+    ],
+)
+def test_a_regularizer_setting_written_into_param_groups_is_taken_or_warned(name, key, value):
+    """``for g in opt.param_groups: g["avg_reg"] = -2.0``, the torch way to change a setting
+    (and what skorch's param_groups setter does), either takes effect (training equals a
+    wrapper built with the setting) or warns, naming the setting."""
+    data = noise_batches()
+
+    def run(where):
+        model = make_model(sizes=(8, 16, 4))
+        layer = "rln" if name == "rln" else "rmsln"
+        overrides = {key: value} if where == "constructor" else {}
+        opt = ALL_WRAPPERS[name](torch.optim.Adam(model.parameters(), lr=1e-2), **{layer: overrides})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if where == "param_groups":
+                for group in opt.param_groups:
+                    group[key] = value
+            train(model, opt, data, 6)
+        return [p.detach().clone() for p in model.parameters()], [str(w.message) for w in caught]
+
+    edited, warned = run("param_groups")
+    built, _ = run("constructor")
+    plain, _ = run("nowhere")
+    assert not same(built, plain)  # the setting matters
+    if not any(key in message for message in warned):
+        assert same(edited, built)
+
+
+@pytest.mark.xfail(
+    strict=True, reason=ROUGH_EDGE + "a parameter removed from the inner param_groups is still regularized"
+)
+@pytest.mark.parametrize("name", list(ALL_WRAPPERS))
+def test_a_parameter_removed_from_the_inner_param_groups_is_left_alone(name):
+    """A weight taken out of the inner optimizer's param groups (to freeze it) is neither
+    stepped by the inner optimizer nor regularized: weight and gradient stay as they are."""
+    w, v = torch.nn.Parameter(torch.randn(4, 5)), torch.nn.Parameter(torch.randn(4, 5))
+    opt = ALL_WRAPPERS[name](torch.optim.SGD([w, v], lr=0.1), rmsln={"reg_lambda": 1.0})
+    w.grad, v.grad = torch.randn(4, 5), torch.randn(4, 5)
+    opt.step()
+    opt.param_groups[0]["params"] = [v]
+    w.grad, v.grad = torch.randn(4, 5), torch.randn(4, 5)
+    weight, grad = w.detach().clone(), w.grad.clone()
+    opt.step()
+    assert torch.equal(w, weight)
+    assert torch.equal(w.grad, grad)
+
+
+RLN_STATE_OUTSIDE = pytest.mark.xfail(
+    strict=True,
+    reason=ROUGH_EDGE + "RLN's state sits outside optimizer.state, so a helper that moves the optimizer "
+    "state between devices leaves it behind",
+)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("rln", marks=RLN_STATE_OUTSIDE),
+        "rmsln",
+        "rmsln_decoupled",
+        pytest.param("rmsln_over_rln", marks=RLN_STATE_OUTSIDE),
+    ],
+)
+@pytest.mark.parametrize("path", ["per_tensor", "foreach"], indirect=True)
+def test_moving_the_optimizer_state_to_another_device_moves_all_of_it(name, path):
+    """The model and then the optimizer state moved as Lightning moves them: training goes on
+    on the new device, and every state tensor is there. The second device here is ``meta``
+    (shapes without data), which any machine has: a tensor left behind on the CPU makes the
+    next step fail with a device mismatch, and the devices of the state dict say where
+    everything is. (Values are not checked: meta holds none. test_cuda.py checks a real
+    CPU -> CUDA move where a GPU is present.)"""
+    model = make_model(sizes=(5, 4, 1))
+    opt = ALL_WRAPPERS[name](
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), rmsln={"reg_lambda": 0.5}, **PATHS[path]
+    )
+    x = torch.randn(8, 5)
+    for _ in range(2):
+        train_step(model, opt, x, x[:, :1])
+    meta = torch.device("meta")
+    module_to(model, meta)
+    optimizer_to_device(opt, meta)
+    x = x.to(meta)
+    train_step(model, opt, x, x[:, :1])
+    state = opt.state_dict()["state"]
+    assert state
+    assert {key: value.device for entry in state.values() for key, value in entry.items()} == {
+        key: meta for entry in state.values() for key in entry
+    }
