@@ -319,17 +319,25 @@ def callback_vs_rln(device: torch.device, repeats: int) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------- a full training step
-def boston_train_step(device: torch.device, repeats: int) -> dict[str, float]:
+def train_step_times(build: Callable[[], torch.nn.Sequential], inner: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
+                     rows: int, batch: int, device: torch.device, repeats: int) -> dict[str, float]:
+    """A whole training step (forward, backward, step) of ``build()``'s model, bare and with RLN
+    on the first layer (default and eager), at ``batch`` rows of random data."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(404, 1013, generator=g).to(device)
-    y = torch.randn(404, 1, generator=g).to(device)
+    x = torch.randn(rows, build()[0].in_features, generator=g).to(device)
+    y = torch.randn(rows, 1, generator=g).to(device)
     steps = {}
     for variant in ("bare", "rln", "rln_eager"):
         torch.manual_seed(0)
-        model = boston_model().to(device)
-        inner = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
-        steps[variant] = _train_step(model, VARIANTS[variant](inner, [model[0].weight]), x, y)
+        model = build().to(device)
+        steps[variant] = _train_step(model, VARIANTS[variant](inner(list(model.parameters())), [model[0].weight]),
+                                     x, y, batch)
     return interleaved_medians(steps, device, repeats * 10, warmup=10)
+
+
+def boston_train_step(device: torch.device, repeats: int) -> dict[str, float]:
+    """The Boston model at batch 10 with RMSprop, as the tutorial trains it."""
+    return train_step_times(boston_model, INNER["rmsprop"], 404, 10, device, repeats)
 
 
 def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -401,18 +409,8 @@ def tabular_model(inputs: int = 110, depth: int = 3) -> torch.nn.Sequential:
 
 
 def tabular_train_step(device: torch.device, repeats: int) -> dict[str, float]:
-    """A whole training step (forward, backward, Adam step) at batch 32, bare and with RLN on
-    the first layer, of a tabular-suite-sized model."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(320, 110, generator=g).to(device)
-    y = torch.randn(320, 1, generator=g).to(device)
-    steps = {}
-    for variant in ("bare", "rln", "rln_eager"):
-        torch.manual_seed(0)
-        model = tabular_model().to(device)
-        inner = torch.optim.Adam(model.parameters(), lr=1e-3)
-        steps[variant] = _train_step(model, VARIANTS[variant](inner, [model[0].weight]), x, y, batch=32)
-    return interleaved_medians(steps, device, repeats * 10, warmup=10)
+    """A tabular-suite-sized model at batch 32 with Adam."""
+    return train_step_times(tabular_model, TINY_INNER["adam"], 320, 32, device, repeats)
 
 
 def stacked_boston(device: torch.device, repeats: int) -> dict[str, Any]:

@@ -558,6 +558,10 @@ def _settings_rows(
     return torch.tensor(rows, dtype=torch.float64).to(device=device, dtype=sdt)
 
 
+def _kernel_works(device: torch.device, dtype: torch.dtype, insist: bool) -> bool:
+    return compiled_kernel_works(device, dtype, insist)  # looked up when called (tests replace it)
+
+
 def compiled_kernel_works(device: torch.device, dtype: torch.dtype, insist: bool = False) -> bool:
     """Whether the compiled RLN kernels run for parameters of ``dtype`` on ``device`` (probed
     once): compiled on 3 copies of 5 elements (sizes no argument shares with another, so the
@@ -831,15 +835,11 @@ class RLNOptimizer(RegularizedOptimizer):
     """
 
     group_defaults: ClassVar[dict[str, Any]] = {"norm": 1, "avg_reg": -7.5, "reg_lr": 6e5, "batch_dims": 0}
+    implementations = Implementations(
+        _single_tensor_rln, _multi_tensor_rln, _compiled_rln, _kernel_works, compile_by_default=True
+    )
     state_key = "rln"
     state_names = ("lam", "r_prev", "folded")
-    implementations = Implementations(
-        _single_tensor_rln,
-        _multi_tensor_rln,
-        _compiled_rln,
-        lambda device, dtype, insist: compiled_kernel_works(device, dtype, insist),
-        compile_by_default=True,
-    )
 
     def __init__(
         self,

@@ -237,6 +237,10 @@ def _settings(reg_lambda: float, target: float, alpha: Alpha, w: Tensor) -> Tens
     return torch.tensor([reg_lambda, target, float(alpha)], dtype=sdt, device=w.device)
 
 
+def _kernel_works(device: torch.device, dtype: torch.dtype, insist: bool) -> bool:
+    return compiled_kernel_works(device, dtype, insist)  # looked up when called (tests replace it)
+
+
 def compiled_kernel_works(device: torch.device, dtype: torch.dtype, insist: bool = False) -> bool:
     """Whether the compiled RMSLN kernel runs for weights of ``dtype`` on ``device`` (probed once)."""
 
@@ -441,14 +445,10 @@ class RMSLNWrapper(RegularizedOptimizer):
     """
 
     group_defaults: ClassVar[dict[str, Any]] = {"reg_lambda": 1e-4, "target": 1.0}
-    state_key = "rmsln"
     implementations = Implementations(
-        _single_tensor_rmsln,
-        _multi_tensor_rmsln,
-        _compiled_rmsln,
-        lambda device, dtype, insist: compiled_kernel_works(device, dtype, insist),
-        compile_by_default=False,
+        _single_tensor_rmsln, _multi_tensor_rmsln, _compiled_rmsln, _kernel_works, compile_by_default=False
     )
+    state_key = "rmsln"
 
     def __init__(
         self,
