@@ -117,11 +117,6 @@ def test_cuda_whole_step_captures_in_a_cuda_graph(wrap):
         assert (model[0].weight == 0).any()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 22 (rough edge): RLN's state sits outside optimizer.state, so a helper that moves the "
-    "optimizer state between devices (Lightning's _optimizer_to_device) leaves it on the CPU",
-)
 @pytest.mark.parametrize("foreach", [True, False])
 def test_rln_state_moves_with_the_optimizer_state_from_cpu_to_cuda(foreach):
     """Trained 5 steps on the CPU, the model moved to CUDA, the optimizer state moved as

@@ -275,11 +275,6 @@ def test_rln_loaded_settings_are_validated_against_the_tensors():
 
 
 # ---------------------------------------------------------------- issue 22's rough edges: settings edited at runtime
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 22 (rough edge): a setting edited in reg_groups at runtime is never validated "
-    "(reg_lr=nan makes weights NaN, norm=3 makes the paths disagree, batch_dims=5 raises IndexError)",
-)
 @pytest.mark.parametrize(
     ("name", "key", "value", "match"),
     [
@@ -319,11 +314,6 @@ def test_a_setting_edited_at_runtime_is_refused_before_anything_changes(name, ke
     assert same(full_state(model.parameters(), opt, state_dict=False), before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 22 (rough edge): copies of one element are accepted with a coefficient pinned at avg_reg, "
-    "while a 0-d tensor is refused for that reason",
-)
 @pytest.mark.parametrize(("shape", "batch_dims"), [((1,), 0), ((1, 1), 0), ((3, 1), 1), ((2, 3, 1), 2)])
 def test_rln_refuses_copies_of_one_element_as_it_refuses_a_0d_tensor(shape, batch_dims):
     """The projection sets the mean of each copy's coefficients to avg_reg: a copy of one

@@ -124,11 +124,6 @@ def test_state_dict_hooks_run(wrapper_name):
 
 
 # ---------------------------------------------------------------- global hooks and threads (issue 22.3)
-PROCESS_WIDE_SWAP = pytest.mark.xfail(
-    strict=True,
-    reason="issue 22.3: the wrapper's step swaps torch's process-wide global hook dicts, so another "
-    "thread's steps miss their global hooks and a hook registered meanwhile is lost",
-)
 
 
 def _in_another_thread(fn):
@@ -150,7 +145,6 @@ def _in_another_thread(fn):
         raise errors[0]
 
 
-@PROCESS_WIDE_SWAP
 def test_global_hooks_fire_for_another_thread_stepping_during_a_wrapper_step(wrapper_name):
     """A plain Adam steps in another thread while the wrapper is inside its step (in the inner
     optimizer's step pre-hook): torch's global post hook sees every step of both, once."""
@@ -176,7 +170,6 @@ def test_global_hooks_fire_for_another_thread_stepping_during_a_wrapper_step(wra
     assert counts == Counter({id(other): 3, id(opt): 3})
 
 
-@PROCESS_WIDE_SWAP
 def test_a_global_hook_registered_during_a_wrapper_step_is_kept(wrapper_name):
     """A global hook registered while the wrapper steps (here by the inner optimizer's step
     pre-hook) stays registered: it fires for the steps that follow, the wrapper's and others'."""
@@ -218,7 +211,6 @@ def test_a_global_hook_removed_during_a_wrapper_step_stays_removed(wrapper_name)
     assert calls in ([], [opt])  # removed during the first step; torch itself fires or skips a hook removed mid-step
 
 
-@PROCESS_WIDE_SWAP
 def test_global_hooks_count_every_step_of_a_free_running_thread():
     """The issue's reproduction: a plain Adam steps in a loop in another thread while an
     RLNOptimizer trains in this one (threads switched every 10 us); the global post hook counts

@@ -162,11 +162,6 @@ MAXIMIZING = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 22.4: coupled RMSLN adds dR/dW to .grad, which an inner optimizer with maximize=True "
-    "climbs: the rms moves away from the target",
-)
 @pytest.mark.parametrize("inner", list(MAXIMIZING))
 def test_coupled_rmsln_with_a_maximizing_inner_optimizer_pulls_toward_the_target_or_is_refused(inner):
     """With maximize=True (the loss is maximized), the penalty must still pull the rms toward
@@ -201,11 +196,6 @@ def test_decoupled_rmsln_with_a_maximizing_inner_optimizer_pulls_toward_the_targ
     assert abs(_rms(w) - 1.0) < abs(_rms(start) - 1.0) - 0.01
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 22.7: coupled RMSLN adds the penalty's gradient to .grad before the inner step; "
-    "a retry after a failed inner step adds it again",
-)
 def test_coupled_rmsln_retry_after_a_failed_inner_step_applies_the_penalty_once():
     """The issue's reproduction: the inner step fails once (its pre-hook raises); the failed
     step leaves the gradient as it was, and the retried step equals the step that never failed."""

@@ -316,11 +316,6 @@ def test_rln_checkpoint_of_version_0_1_0_loads_and_continues():
 
 
 # ---------------------------------------------------------------- checkpointing is read-only (issue 22.1)
-READ_ONLY = pytest.mark.xfail(
-    strict=True,
-    reason="issue 22.1: state_dict() unfolds RLN's coefficients in place and the next step folds them "
-    "again, which is not exact: taking a checkpoint changes training",
-)
 LONG_RUN = batches(60, features=20)
 
 
@@ -344,7 +339,6 @@ def _weights_and_lambdas(model, opt):
     return [p.detach().clone() for p in model.parameters()], lambdas_of(opt)
 
 
-@READ_ONLY
 def test_rln_taking_checkpoints_does_not_change_training(path):
     """Two identical 60-step runs, one of which calls state_dict() every 5 steps (step 30
     among them) and throws it away: the same weights and coefficients, to the bit."""
@@ -373,7 +367,6 @@ def test_torch_optimizers_load_a_kept_state_dict_as_the_current_state():
     assert not same(current, at_save)
 
 
-@READ_ONLY
 def test_rln_a_state_dict_kept_without_a_copy_loads_as_the_current_state(path):
     """As torch's optimizers: state_dict() at step 10, kept without a copy; one more step; then
     load_state_dict(kept) changes nothing, and training goes on as if it had not been called."""
@@ -393,7 +386,6 @@ def test_rln_a_state_dict_kept_without_a_copy_loads_as_the_current_state(path):
     assert same(_weights_and_lambdas(model, opt), _weights_and_lambdas(twin, twin_opt))
 
 
-@READ_ONLY
 @pytest.mark.parametrize("via", ["torch_save", "deepcopy"])
 def test_rln_resumed_run_equals_the_run_that_never_took_a_checkpoint(path, via):
     """Saved after step 30 (weights and optimizer), loaded into a fresh model and optimizer,

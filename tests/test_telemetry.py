@@ -118,7 +118,6 @@ def test_stats_do_not_sync_on_cuda():
     assert stats["0"].eliminated_mask.shape == (64,)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 22.6: stats() raises IndexError on a zero-size regularized weight")
 def test_stats_of_a_zero_size_weight_do_not_raise():
     """params=None selects a (0, 5) weight (ndim 2); stats() reports the other tensors as
     usual, whatever it reports for the empty one."""
@@ -134,7 +133,6 @@ def test_stats_of_a_zero_size_weight_do_not_raise():
     assert torch.isfinite(stats["w"].coef_mean)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 22 (rough edge): stats(names) keeps one of two tensors that share a name")
 def test_stats_with_a_name_given_twice_drop_no_tensor():
     """Two regularized tensors given the same name: stats() keeps both (under distinct keys)
     or refuses the names with a ValueError; it never drops one silently."""

@@ -221,9 +221,6 @@ def test_rmsln_add_param_group_regularizes_new_matrices_when_params_is_none():
 ROUGH_EDGE = "issue 22 (rough edge): "
 
 
-@pytest.mark.xfail(
-    strict=True, reason=ROUGH_EDGE + "a regularizer's setting written into param_groups is silently ignored"
-)
 @pytest.mark.parametrize(
     ("name", "key", "value"),
     [
@@ -260,9 +257,6 @@ def test_a_regularizer_setting_written_into_param_groups_is_taken_or_warned(name
         assert same(edited, built)
 
 
-@pytest.mark.xfail(
-    strict=True, reason=ROUGH_EDGE + "a parameter removed from the inner param_groups is still regularized"
-)
 @pytest.mark.parametrize("name", list(ALL_WRAPPERS))
 def test_a_parameter_removed_from_the_inner_param_groups_is_left_alone(name):
     """A weight taken out of the inner optimizer's param groups (to freeze it) is neither
@@ -279,20 +273,15 @@ def test_a_parameter_removed_from_the_inner_param_groups_is_left_alone(name):
     assert torch.equal(w.grad, grad)
 
 
-RLN_STATE_OUTSIDE = pytest.mark.xfail(
-    strict=True,
-    reason=ROUGH_EDGE + "RLN's state sits outside optimizer.state, so a helper that moves the optimizer "
-    "state between devices leaves it behind",
-)
 
 
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param("rln", marks=RLN_STATE_OUTSIDE),
+        pytest.param("rln"),
         "rmsln",
         "rmsln_decoupled",
-        pytest.param("rmsln_over_rln", marks=RLN_STATE_OUTSIDE),
+        pytest.param("rmsln_over_rln"),
     ],
 )
 @pytest.mark.parametrize("path", ["per_tensor", "foreach"], indirect=True)

@@ -127,9 +127,16 @@ def waves(rows: Rows, limit: int | None) -> Iterator[list[Chunk]]:
         yield wave
 
 
+# Every scratch view starts on a 64-byte boundary, as a fresh tensor does: a
+# vectorized reduction (``torch.dot`` on a CPU) may add in another order when its operands are
+# aligned differently, and the paths are held equal to the bit.
+_ALIGNMENT = 64
+
+
 class Scratch:
     """Reusable temporaries for the waves: ``count`` buffers of ``limit`` elements per
-    (device, dtype), allocated once and kept (not part of any state dict)."""
+    (device, dtype), allocated once and kept (not part of any state dict); every view starts
+    on a 64-byte boundary."""
 
     def __init__(self, count: int) -> None:
         self.count = count
@@ -138,7 +145,9 @@ class Scratch:
     def views(self, wave: list[Chunk], dtype: torch.dtype) -> list[list[Tensor]]:
         """``count`` lists of views shaped like the wave's chunks."""
         device = wave[0].views[0].device
-        total = sum(chunk.views[0].numel() for chunk in wave)
+        align = max(_ALIGNMENT // dtype.itemsize, 1)
+        sizes = [-(-chunk.views[0].numel() // align) * align for chunk in wave]
+        total = sum(sizes)
         key = (device, dtype, self.count)
         buffer = self._buffers.get(key)
         if buffer is None or buffer.numel() < self.count * total:
@@ -149,10 +158,9 @@ class Scratch:
         offset = 0
         for _ in range(self.count):
             views = []
-            for chunk in wave:
-                n = chunk.views[0].numel()
-                views.append(buffer[offset : offset + n])
-                offset += n
+            for chunk, size in zip(wave, sizes, strict=True):
+                views.append(buffer[offset : offset + chunk.views[0].numel()])
+                offset += size
             out.append(views)
         return out
 

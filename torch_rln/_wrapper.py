@@ -155,7 +155,8 @@ class RegularizedOptimizer(Optimizer):
     * ``export_state()`` / ``import_state(state, replace)``: the per-parameter state as
       checkpoints hold it, when the live form differs (RLN folds its coefficients);
     * ``before_inner_step(has_closure, grad_scale)`` / ``after_inner_step(context)``: the
-      regularization pass, both under ``no_grad``; optionally ``wrap_closure(closure)``.
+      regularization pass, both under ``no_grad``; ``inner_step_failed(context)`` undoes the
+      first if the inner step raises; optionally ``wrap_closure(closure)``.
       ``held_ids()`` and ``resting_ids()`` say which parameters the inner optimizer holds
       now and which of them have a learning rate of 0.
 
@@ -271,6 +272,11 @@ class RegularizedOptimizer(Optimizer):
     def after_inner_step(self, context: Any) -> None:
         """Runs under ``no_grad`` after the inner step."""
 
+    def inner_step_failed(self, context: Any) -> None:
+        """Runs under ``no_grad`` when the inner step raised, before the error propagates: undo
+        what ``before_inner_step`` did (its result is ``context``), so that the failed step
+        changes nothing."""
+
     def wrap_closure(self, closure: Callable[[], Any]) -> Callable[[], Any]:
         """The closure the inner step gets in place of ``closure`` (coupled RMSLN adds its
         penalty there); the default returns it unchanged."""
@@ -373,7 +379,11 @@ class RegularizedOptimizer(Optimizer):
         if closure is None:  # one block: the step finishes, or nothing happened
             with _interrupts_deferred(), torch.no_grad(), forwarded:
                 context = self.before_inner_step(False, grad_scale) if regularize else None
-                loss = _inner_step(self.optimizer, None)
+                try:
+                    loss = _inner_step(self.optimizer, None)
+                except BaseException:
+                    self.inner_step_failed(context)
+                    raise
                 if regularize:
                     self.after_inner_step(context)
             return loss
@@ -382,7 +392,12 @@ class RegularizedOptimizer(Optimizer):
             with _interrupts_deferred(), torch.no_grad():
                 context = self.before_inner_step(True, grad_scale)
         with forwarded:  # a closure may run long: Ctrl-C stops it
-            loss = _inner_step(self.optimizer, self.wrap_closure(closure) if regularize else closure)
+            try:
+                loss = _inner_step(self.optimizer, self.wrap_closure(closure) if regularize else closure)
+            except BaseException:
+                with torch.no_grad():
+                    self.inner_step_failed(context)
+                raise
         if regularize:
             with _interrupts_deferred(), torch.no_grad():
                 self.after_inner_step(context)

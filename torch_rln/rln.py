@@ -174,7 +174,9 @@ def _plan(
             plan: _Plan = hit[1]
             plan.rows.refresh()
             return plan
-    rows = rows_of([params, folded, r_prevs], batch_dims)
+    # detach(): views of a detached alias hold no reference to the parameter itself, which
+    # would stop torch.utils.swap_tensors (module.to() in swap mode) from swapping it
+    rows = rows_of([[p.detach() for p in params], folded, r_prevs], batch_dims)
     sdt = folded[0].dtype
     avg_regs, reg_lrs, bounds = [], [], []
     for p, copies in zip(params, rows.copies, strict=True):
@@ -227,11 +229,18 @@ def _chunk_lists(wave: list[Chunk]) -> tuple[list[Tensor], list[Tensor], list[Te
 def _coefficients_before_projection_(
     out: list[Tensor], folded: list[Tensor], clean: list[Tensor], r_prevs: list[Tensor], wave: list[Chunk], plan: _Plan
 ) -> None:
-    """``out = clamp(a - nu w' r_prev)``: :math:`\\lambda - \\nu (w' - w_{\\text{prev}}) r_{\\text{prev}}`,
-    clamped to the row's bound (``out`` may be ``folded`` itself)."""
-    if out is not folded:
-        torch._foreach_copy_(out, folded)
-    torch._foreach_addcmul_(out, clean, r_prevs, [-plan.reg_lrs[c.row] for c in wave])
+    """``out = clamp(a - (w' r_prev) nu)``: :math:`\\lambda - \nu (w' - w_{\text{prev}}) r_{\text{prev}}`,
+    clamped to the row's bound. ``out`` may be ``clean`` (its values are then spent) but not
+    ``folded``. As in :func:`_gradient_step`: the product ``w' r_prev`` comes first, and a row
+    with ``nu = 0`` has no term."""
+    if out is not clean:
+        torch._foreach_copy_(out, clean)
+    torch._foreach_mul_(out, r_prevs)
+    torch._foreach_mul_(out, [-plan.reg_lrs[c.row] for c in wave])
+    for chunk, o in zip(wave, out, strict=True):
+        if not plan.reg_lrs[chunk.row]:
+            o.zero_()  # nu = 0: no term (w' r_prev may be inf, and inf * 0 is NaN)
+    torch._foreach_add_(out, folded)
     for chunk, o in zip(wave, out, strict=True):
         bound = plan.bounds[chunk.row]
         o.clamp_(-bound, bound)
@@ -244,11 +253,11 @@ def _sums(plan: _Plan, sdt: torch.dtype, scratch: Scratch) -> tuple[Tensor, Tens
     counts: list[list[Tensor]] = [[] for _ in plan.avg_regs]
     for wave in plan.waves:
         weights, folded, r_prevs = _chunk_lists(wave)
-        clean, finite, pre = scratch.views(wave, sdt)[:3]
+        clean, finite = scratch.views(wave, sdt)[:2]
         _copy_finite_(clean, weights)
         _finite_indicator_(finite, weights)
-        _coefficients_before_projection_(pre, folded, clean, r_prevs, wave, plan)
-        for chunk, values, ok in zip(wave, pre, finite, strict=True):
+        _coefficients_before_projection_(clean, folded, clean, r_prevs, wave, plan)  # clean now holds them
+        for chunk, values, ok in zip(wave, clean, finite, strict=True):
             totals[chunk.row].append(torch.dot(values, ok))
             counts[chunk.row].append(ok.sum())
     device = plan.rows.tensors[1][0].device
@@ -289,6 +298,13 @@ def _shifts(
 
 
 # ---------------------------------------------------------------------- the reference
+def _gradient_step(ws: Tensor, a: Tensor, r_prev: Tensor, nu: float) -> Tensor:
+    """``a - nu w' r_prev``, with the product ``w' r_prev`` first (0 where the shrink was 0,
+    however large ``nu w'`` would be), and no term at all where ``nu = 0`` (``w' r_prev`` may
+    overflow to inf, and ``inf * 0`` is NaN)."""
+    return (ws * r_prev) * -nu + a if nu else a.clone()
+
+
 def _single_tensor_rln(
     params: list[Tensor],
     folded: list[Tensor],
@@ -330,11 +346,12 @@ def _single_tensor_rln(
         nus += per_copy(reg_lr, copies)
         bounds += [fold_bound(sdt, params[i].numel() // max(copies, 1))] * copies
         for c in range(copies):
+            k = len(totals)  # the row
             w, a, r_prev = (role[i][c] for role in rows.rows)
             wf = w.to(sdt)
             finite = torch.isfinite(wf)
             ws = torch.where(finite, wf, 0.0)
-            pre = torch.addcmul(a, ws, r_prev, value=-nus[len(totals)]).clamp(-bounds[-1], bounds[-1])
+            pre = _gradient_step(ws, a, r_prev, nus[k]).clamp(-bounds[k], bounds[k])
             ok = finite.to(sdt)
             step = max(pre.numel() if limit is None else limit, 1)
             starts = range(0, pre.numel(), step)
@@ -351,7 +368,7 @@ def _single_tensor_rln(
             wf = w.to(sdt)
             finite = torch.isfinite(wf)
             ws = torch.where(finite, wf, 0.0)
-            pre = torch.addcmul(a, ws, r_prev, value=-nus[k]).clamp(-bounds[k], bounds[k])
+            pre = _gradient_step(ws, a, r_prev, nus[k]).clamp(-bounds[k], bounds[k])  # as in sweep 1
             lam = torch.where(finite, pre - shifts[k], pre)  # lam += Theta - mean(lam), over the finite weights
             size = ws.abs()
             cap = torch.log(size) if norm == 1 else torch.full_like(size, _LOG_HALF)  # log|w / d|
@@ -407,7 +424,8 @@ def _multi_tensor_rln(
         clean, finite, cap, mask = scratch.views(wave, sdt)
         _copy_finite_(clean, weights)
         _finite_indicator_(finite, weights)
-        _coefficients_before_projection_(lams, lams, clean, shrinks, wave, plan)
+        _coefficients_before_projection_(cap, lams, clean, shrinks, wave, plan)
+        torch._foreach_copy_(lams, cap)
         torch._foreach_addcmul_(lams, finite, [shifts[c.row] for c in wave], value=-1.0)  # the projection
         _cap_(cap, clean, norm, sdt)
         for lam, c, b in zip(lams, cap, mask, strict=True):
@@ -496,7 +514,9 @@ def _coefficients_before_projection(
     wf = w.to(folded.dtype)
     finite = (wf - wf) == 0  # an isfinite that vectorizes
     ws = torch.where(finite, wf, 0.0)
-    return wf, finite, ws, torch.minimum(torch.maximum(folded - reg_lr * ws * r_prev, -bound), bound)
+    term = torch.where(reg_lr == 0.0, 0.0, (ws * r_prev) * reg_lr)  # w' r_prev first; nu = 0: no inf * 0
+    pre = folded - term
+    return wf, finite, ws, torch.minimum(torch.maximum(pre, -bound), bound)
 
 
 def _rln_sums_kernel(w: Tensor, folded: Tensor, r_prev: Tensor, settings: Tensor) -> Tensor:
@@ -752,13 +772,13 @@ def _refolded(
     target = folded.clone() if out else folded
     if not any(deltas):
         return target
-    weight = torch.nan_to_num(param.detach().to(folded.dtype), 0.0, 0.0, 0.0)
+    product = torch.nan_to_num(param.detach().to(folded.dtype), 0.0, 0.0, 0.0).mul_(r_prev)  # W r_prev: no inf * 0
     if len(set(deltas)) == 1:
-        return target.addcmul_(weight, r_prev, value=deltas[0])
-    rows = rows_of([[target], [weight], [r_prev]], batch_dims)
+        return target.add_(product, alpha=deltas[0])
+    rows = rows_of([[target], [product]], batch_dims)
     for c, delta in enumerate(deltas):
         if delta:
-            rows.rows[0][0][c].addcmul_(rows.rows[1][0][c], rows.rows[2][0][c], value=delta)
+            rows.rows[0][0][c].add_(rows.rows[1][0][c], alpha=delta)
     rows.write_back()
     return target
 
@@ -897,8 +917,8 @@ class RLNOptimizer(RegularizedOptimizer):
         n = p.numel() // copies if copies else 0
         if p.numel() and n < 2:
             raise ValueError(
-                f"cannot regularize a tensor of shape {shape} (dtype {p.dtype}) with batch_dims={batch_dims} with "
-                "RLN: each copy has one element, whose coefficient the mean projection would pin at avg_reg"
+                f"cannot regularize a tensor of shape {shape} (dtype {p.dtype}, batch_dims={batch_dims}) with RLN: "
+                "each copy has one element, and the mean projection would pin its one coefficient at avg_reg"
             )
         for name in ("avg_reg", "reg_lr"):
             value = group[name]

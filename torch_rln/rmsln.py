@@ -23,11 +23,14 @@ update the wrapper runs, and :class:`RMSLNWrapper` applies it around any optimiz
 
 Numerics:
 
-* The gradient is computed as autograd computes it for :func:`rms_penalty`: the
-  coefficient :math:`2\lambda(\operatorname{rms}-\tau)/\sqrt{n}` is a 0-d tensor, and
-  the weights are divided by their norm elementwise (each quotient is at most 1 in
-  magnitude, so a tiny, even subnormal, norm cannot overflow). Where the norm is 0
-  (including a norm that underflows to 0) the gradient is exactly 0, never NaN.
+* The gradient is computed per tensor as ``scale * W`` with the 0-d
+  ``scale = 2 lambda (rms - tau) / (sqrt(n) norm)``. Where the norm is not a normal,
+  finite number the tensor gets no gradient (exactly 0, never NaN): a norm of 0 (or one
+  that underflows below the smallest normal float, every weight subnormal, where
+  ``scale`` would overflow), a norm that overflows (a weight beyond the square root of
+  the largest float: 1.8e19 in float32), and a norm that is NaN or Inf because a weight
+  is. So a non-finite weight changes nothing else in its tensor; autograd of
+  :func:`rms_penalty` would spread it (as it would through the loss).
 * Norms and the update run in float32 for float16/bfloat16 weights (in the weights'
   dtype otherwise); the result is rounded once into the gradient or weight. This takes a
   float32 copy of such weights for the duration of the update.
@@ -41,7 +44,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
@@ -116,8 +118,8 @@ def _single_tensor_rmsln(
         coef = reg_lambdas[i] * (2.0 * (rms - targets[i])) / sqrt_n
         if alphas is not None:
             coef = coef * alphas[i]
-        nonzero = norm != 0
-        scale = torch.where(nonzero, coef / torch.where(nonzero, norm, 1.0), 0.0)  # dR/dW = scale * W
+        usable = _usable(norm)
+        scale = torch.where(usable, coef / torch.where(usable, norm, 1.0), 0.0)  # dR/dW = scale * W
         _add_scaled_(outs[i], w, ws, scale)
         rms_list.append(rms)
     return rms_list
@@ -145,10 +147,8 @@ def _multi_tensor_rmsln(
     one ``_foreach_norm`` and one ``_foreach_addcmul_`` over the weights (their floor: one
     reduction and one multiply-add pass), the rest on 0-d tensors.
 
-    The zero-norm mask is formed in arithmetic (there is no foreach ``where``):
-    ``sign(norm)`` is 1 where the norm is positive and 0 where it is 0; the coefficient is
-    multiplied by it and divided by ``norm + (1 - sign(norm))`` (the norm itself, or 1).
-    The results equal the per-tensor path's.
+    The scales are computed on the norms stacked into one tensor (a few ops whatever the
+    number of tensors), with the per-tensor path's arithmetic, so the results equal its.
     """
     grouped = _group_tensors_by_device_and_dtype([list(params), list(outs)], with_indices=True)
     rms_list: list[Tensor | None] = [None] * len(params)
@@ -177,6 +177,12 @@ def _multi_tensor_rmsln(
     return rms_list  # type: ignore[return-value]
 
 
+def _usable(norm: Tensor) -> Tensor:
+    """Whether a norm is a normal, finite number (False for 0, subnormal, Inf and NaN)."""
+    info = torch.finfo(norm.dtype)
+    return (norm >= info.tiny) & (norm <= info.max)
+
+
 def _scales(
     norms: list[Tensor],
     rms: list[Tensor],
@@ -186,7 +192,9 @@ def _scales(
     alphas: list[Alpha] | None,
 ) -> list[Tensor]:
     """Per tensor, the 0-d ``scale`` with ``alpha * dR/dW = scale * W``:
-    ``alpha * 2 lambda (rms - target) / (sqrt(n) * norm)``, and 0 where the norm is 0."""
+    ``alpha * 2 lambda (rms - target) / (sqrt(n) * norm)``, and 0 where the norm is not a
+    normal, finite number. The settings enter through foreach ops (scalars, no copy to the
+    device); the rest runs on the norms stacked into one tensor."""
     coefs = list(torch._foreach_sub(rms, targets))
     torch._foreach_mul_(coefs, [2.0 * lam for lam in reg_lambdas])
     torch._foreach_div_(coefs, sqrt_ns)  # 2 lambda (rms - target) / sqrt(n)
@@ -198,13 +206,9 @@ def _scales(
             torch._foreach_mul_(coefs, tensors)
         else:
             torch._foreach_mul_(coefs, [float(a) for a in alphas])
-    nonzero = torch._foreach_sign(norms)  # 1 where norm > 0, 0 where norm == 0
-    torch._foreach_mul_(coefs, nonzero)
-    safe_norms = torch._foreach_neg(nonzero)
-    torch._foreach_add_(safe_norms, 1.0)
-    torch._foreach_add_(safe_norms, norms)  # the norm, or 1 where it is 0
-    torch._foreach_div_(coefs, safe_norms)
-    return coefs
+    norm, coef = torch.stack(norms), torch.stack(coefs)
+    usable = _usable(norm)
+    return list(torch.where(usable, coef / torch.where(usable, norm, 1.0), 0.0).unbind())
 
 
 def _fused_rmsln_kernel(w: Tensor, out: Tensor, settings: Tensor) -> Tensor:
@@ -217,8 +221,8 @@ def _fused_rmsln_kernel(w: Tensor, out: Tensor, settings: Tensor) -> Tensor:
     norm = torch.linalg.vector_norm(wf)
     rms = norm / sqrt_n
     coef = reg_lambda * (2.0 * (rms - target)) / sqrt_n * alpha
-    nonzero = norm != 0
-    out.add_(torch.where(nonzero, wf / torch.where(nonzero, norm, 1.0) * coef, 0.0))
+    usable = (norm >= torch.finfo(wf.dtype).tiny) & (norm <= torch.finfo(wf.dtype).max)
+    out.add_(torch.where(usable, wf / torch.where(usable, norm, 1.0) * coef, 0.0))
     return rms  # type: ignore[no-any-return]  # vector_norm is annotated as Any
 
 
@@ -375,7 +379,8 @@ def rms_penalty_grad(
     r"""The gradient :math:`\partial R / \partial W_l` of :func:`rms_penalty`, one new tensor per input.
 
     Each gradient has its tensor's dtype (computed in float32 at least) and is exactly 0
-    where the tensor's rms is 0.
+    where the tensor's norm is not a normal, finite number (0, subnormal, Inf or NaN): there
+    the rms is 0 or unknown, and dividing by a subnormal norm would overflow.
     """
     reg_lambda, target = _check_settings(reg_lambda, target)
     params = [p.detach() for p in params]
@@ -401,9 +406,9 @@ class RMSLNWrapper(RegularizedOptimizer):
       (HF Trainer clips at 1.0 by default; Lightning with ``gradient_clip_val``) clips
       the loss's gradient only, and the penalty's is added after it, unclipped. In an inner
       param group with ``maximize=True`` the penalty's gradient is subtracted instead (the
-      inner step ascends ``.grad``; the penalty still pulls toward the target). A gradient
-      that already holds the penalty, unchanged since (a step retried after the inner step
-      raised, or a second ``step()`` without a new ``backward()``), does not get it twice.
+      inner step ascends ``.grad``; the penalty still pulls toward the target). The sum is
+      a new gradient tensor: if the inner step raises, the old gradients are put back, so
+      the failed step changes nothing and a retry adds the penalty once.
     * decoupled (``decoupled=True``): after each inner step,
       :math:`W \leftarrow W - \text{lr}\,\partial R/\partial W`, with the gradient taken
       at the weights the inner step produced and ``lr`` the current learning rate of the
@@ -467,7 +472,6 @@ class RMSLNWrapper(RegularizedOptimizer):
             optimizer, params, {"reg_lambda": reg_lambda, "target": target}, foreach=foreach, compile=compile
         )
         self.decoupled = decoupled
-        self._penalty_marks: dict[Tensor, tuple[weakref.ref[Tensor], int]] = {}
         if decoupled:
             self._check_lr(self.param_groups, self._regularized_ids())
 
@@ -513,37 +517,29 @@ class RMSLNWrapper(RegularizedOptimizer):
             total = total + rms_penalty(group["params"], group["reg_lambda"], group["target"])
         return total
 
-    def _regularize(self, want_penalty: bool = False, grad_scale: Tensor | None = None) -> Tensor | None:
+    def _regularize(
+        self, want_penalty: bool = False, grad_scale: Tensor | None = None, keep_grads: bool = False
+    ) -> Any:
         """Add ``dR/dW`` to the grads (coupled; times ``grad_scale`` when they are still
         scaled, and with the sign flipped in param groups with ``maximize=True``) or
         ``-lr dR/dW`` to the weights (decoupled), for the regularized parameters that have a
         ``.grad``; with ``want_penalty``, return :math:`R(W)` over every regularized tensor
-        (from the same norms).
-
-        Coupled, a gradient that already holds the penalty (the same tensor, unchanged since
-        the penalty was added: a step retried after the inner step raised, or a second
-        ``step()`` without a new ``backward()``) does not get it again, as a loss with the
-        penalty would not."""
+        (from the same norms). With ``keep_grads`` (coupled), each gradient is replaced by a
+        new tensor holding the sum, and the old ones are returned (``{param: grad}``), so that
+        a failed inner step can put them back."""
         params, reg_lambdas, targets = self._stepped()
-        if not self.decoupled:
-            keep = [i for i, p in enumerate(params) if not self._holds_penalty(p)]
-            if len(keep) < len(params):
-                params = [params[i] for i in keep]
-                reg_lambdas, targets = [reg_lambdas[i] for i in keep], [targets[i] for i in keep]
+        kept: dict[Tensor, Tensor] = {}
         rms: list[Tensor] = []
         if params:
+            if keep_grads and not self.decoupled:
+                for p in params:
+                    kept[p] = p.grad  # type: ignore[assignment]
+                    p.grad = p.grad.clone()  # type: ignore[union-attr]
             alphas = self._negative_lrs(params) if self.decoupled else self._coupled_alphas(params, grad_scale)
             rms = self._add_gradients(params, reg_lambdas, targets, alphas)
-            if not self.decoupled:
-                for p in params:
-                    self._penalty_marks[p] = (weakref.ref(p.grad), p.grad._version)  # type: ignore[arg-type,union-attr]
-        if not want_penalty:
-            return None
-        return self._penalty_from({id(p): r for p, r in zip(params, rms, strict=True)})
-
-    def _holds_penalty(self, p: Tensor) -> bool:
-        mark = self._penalty_marks.get(p)
-        return mark is not None and mark[0]() is p.grad and p.grad._version == mark[1]  # type: ignore[union-attr]
+        if want_penalty:
+            return self._penalty_from({id(p): r for p, r in zip(params, rms, strict=True)})
+        return kept
 
     def _coupled_alphas(self, params: list[Tensor], grad_scale: Tensor | None) -> list[Alpha] | None:
         """What the penalty's gradient is multiplied by before it joins ``.grad``: the scale of
@@ -559,9 +555,10 @@ class RMSLNWrapper(RegularizedOptimizer):
         """The regularized, non-empty parameters with a ``.grad``, and their groups' settings.
         Coupled, a sparse gradient is refused here, before anything changes."""
         params, reg_lambdas, targets = [], [], []
+        held = self.held_ids()
         for group in self.reg_groups:
             for p in group["params"]:
-                if p.grad is not None and p.numel() > 0:
+                if p.grad is not None and p.numel() > 0 and id(p) in held:
                     params.append(p)
                     reg_lambdas.append(float(group["reg_lambda"]))
                     targets.append(float(group["target"]))
@@ -631,17 +628,21 @@ class RMSLNWrapper(RegularizedOptimizer):
                 total = term if total is None else total + term
         return torch.zeros(()) if total is None else total
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["_penalty_marks"] = {}  # weak references to this process's gradients
-        return state
-
     # ------------------------------------------------------------------ the regularization pass
-    def before_inner_step(self, has_closure: bool, grad_scale: Tensor | None) -> None:
-        # With a closure the gradients are yet to come: wrap_closure adds the penalty's.
-        # Gradients still scaled by GradScaler (a fused inner optimizer) get the scaled penalty's.
+    def before_inner_step(self, has_closure: bool, grad_scale: Tensor | None) -> Any:
+        """Coupled: add the penalty's gradient (to new gradient tensors: the old ones are the
+        context, put back if the inner step fails). With a closure the gradients are yet to
+        come: ``wrap_closure`` adds the penalty's. Gradients still scaled by GradScaler (a
+        fused inner optimizer) get the scaled penalty's."""
         if not self.decoupled and not has_closure:
-            self._regularize(grad_scale=grad_scale)
+            return self._regularize(grad_scale=grad_scale, keep_grads=True)
+        return None
+
+    def inner_step_failed(self, context: Any) -> None:
+        """Put back the gradients as they were before the penalty's was added: a failed step
+        changes nothing, and its retry adds the penalty once."""
+        for p, grad in (context or {}).items():
+            p.grad = grad
 
     def after_inner_step(self, context: Any) -> None:
         if self.decoupled:
@@ -655,7 +656,6 @@ class RMSLNWrapper(RegularizedOptimizer):
             loss = closure()
             with torch.no_grad():
                 penalty = self._regularize(want_penalty=True)
-            assert penalty is not None
             return _with_penalty(loss, penalty)
 
         return regularized_closure
