@@ -22,6 +22,7 @@ from . import rmsln_mnist1d
 from .bench_rln import run_rln
 from .bench_rmsln import run_rmsln
 from .machine import cpu_name
+from .tabular.run import run_tabular
 
 
 def keep_freed_memory() -> bool:
@@ -49,7 +50,7 @@ def resolve_device(name: str, parser: argparse.ArgumentParser) -> str:
     return name
 
 
-RUNNERS = {"rln": run_rln, "rmsln": run_rmsln}
+RUNNERS = {"rln": run_rln, "rmsln": run_rmsln, "tabular": run_tabular}
 
 
 def check_output_and_storage(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:

@@ -2,6 +2,7 @@
 
     torch-rln bench rln     RLN vs L1 vs none on Boston housing + 1000 noise features
     torch-rln bench rmsln   Adam vs Adam + RMSLN on MNIST-1D, tuned with Optuna
+    torch-rln bench tabular RLN vs the regularizers and the trees on tabular data (or your CSV)
     torch-rln bench         every experiment, one report
 
 Only the standard library is imported before the arguments are checked, so that a
@@ -15,8 +16,17 @@ import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 
-EXPERIMENTS = ("rln", "rmsln")
-BENCH_MODULES = {"numpy": "numpy", "rich": "rich", "matplotlib": "matplotlib", "optuna": "optuna", "mnist1d": "mnist1d"}
+from .tabular.arguments import add_tabular_arguments, check_tabular_arguments
+
+EXPERIMENTS = ("rln", "rmsln", "tabular")
+BENCH_MODULES = {
+    "numpy": "numpy",
+    "rich": "rich",
+    "matplotlib": "matplotlib",
+    "optuna": "optuna",
+    "mnist1d": "mnist1d",
+    "sklearn": "sklearn",
+}
 
 
 def _positive_int(name: str) -> Callable[[str], int]:
@@ -96,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common_arguments(bench)
     _rmsln_arguments(bench.add_argument_group("rmsln experiment"))
     _rln_arguments(bench.add_argument_group("rln experiment"))
+    add_tabular_arguments(
+        bench.add_argument_group(
+            "tabular experiment",
+            "also --trials (per method, data set and seed), --seeds, --epochs (the most per MLP, early-stopped), "
+            "--batch-size, --storage, --study-name and --heartbeat",
+        )
+    )
     return parser
 
 
@@ -215,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.combine and args.experiment != "rln":
         parser.error("--combine: name the experiment, as in `torch-rln bench rln --combine a.json b.json`")
+    check_tabular_arguments(args, parser)
     from .bench import run_bench
 
     return run_bench(args, parser)

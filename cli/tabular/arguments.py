@@ -1,0 +1,72 @@
+"""The command-line arguments of ``torch-rln bench tabular`` (standard library only: they are
+checked before the ``bench`` extra is imported)."""
+
+from __future__ import annotations
+
+import argparse
+
+# The data sets by name (kept here, free of imports; tests hold it equal to datasets.DATASETS).
+DATASET_NAMES = (
+    "boston", "diabetes", "breast_cancer", "digits",
+    "boston_noise", "diabetes_noise", "breast_cancer_noise", "digits_noise",
+    "friedman1", "make_classification",
+)  # fmt: skip
+
+
+def _datasets(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in DATASET_NAMES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"invalid --datasets: {text!r} ({'unknown: ' + ', '.join(unknown) if unknown else 'empty'}; "
+            f"expected names from {', '.join(DATASET_NAMES)})"
+        )
+    return list(dict.fromkeys(names))
+
+
+def _depth(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"invalid --depth: {text!r} (expected an integer >= 2)")
+    return value
+
+
+def add_tabular_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--datasets",
+        type=_datasets,
+        metavar="NAME,...",
+        help=f"the data sets to run (default: a subset that fits in minutes; --full: all): {', '.join(DATASET_NAMES)}",
+    )
+    group.add_argument("--full", action="store_true", help="every data set, 5 seeds, the full trial budget")
+    group.add_argument("--csv", metavar="PATH", help="your own data: a CSV file (with --target)")
+    group.add_argument("--target", metavar="COLUMN", help="the CSV's target column")
+    group.add_argument(
+        "--task", choices=("regression", "classification"), help="the CSV's task (default: inferred from the target)"
+    )
+    group.add_argument(
+        "--impute",
+        choices=("mean", "most_frequent"),
+        help="fill the CSV's missing input values (fit on each training split; default: missing values are an error)",
+    )
+    group.add_argument("--depth", type=_depth, help="the MLPs' depth, hidden layers + 1 (default 3)")
+
+
+def check_tabular_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """The combinations argparse cannot check; ``parser.error`` (exit 2) on a bad one."""
+    own = [
+        f"--{k.replace('_', '-')}"
+        for k in ("datasets", "csv", "target", "task", "impute", "depth")
+        if getattr(args, k, None)
+    ]
+    if args.full:
+        own.append("--full")
+    if own and args.experiment != "tabular":
+        parser.error(f"{', '.join(own)}: name the experiment, as in `torch-rln bench tabular {own[0]} ...`")
+    if args.csv and not args.target:
+        parser.error("--csv: name the target column with --target COLUMN")
+    if not args.csv and (args.target or args.task or args.impute):
+        parser.error("--target, --task and --impute describe a CSV file: give it with --csv PATH")
