@@ -146,7 +146,9 @@ def _target(path: Path, name: str, cells: list[str], task: str | None) -> tuple[
     labels = np.array(cells, dtype=object) if values is None else values
     classes = np.unique(labels.astype(str) if values is None else labels)
     if len(classes) < 2:
-        raise InputError(f"{path}: the target column {name!r} has a single class ({classes[0]!r}); nothing to classify")
+        raise InputError(
+            f"{path}: the target column {name!r} has a single class ({str(classes[0])!r}); nothing to classify"
+        )
     return labels, task, note + f"; {len(classes)} classes"
 
 
@@ -240,7 +242,7 @@ def _check_size(path: Path, table: Table) -> None:
     if table.task == "classification":
         labels = table.y.astype(str)
         classes, counts = np.unique(labels, return_counts=True)
-        small = [f"{c!r} ({k})" for c, k in zip(classes, counts, strict=True) if k < MIN_CLASS_ROWS]
+        small = [f"{str(c)!r} ({k})" for c, k in zip(classes, counts, strict=True) if k < MIN_CLASS_ROWS]
         if small:
             raise InputError(
                 f"{path}: too few rows of class {', '.join(small)}; the protocol needs at least {MIN_CLASS_ROWS} of "

@@ -32,7 +32,7 @@ def recovery(
     (None where unknown). Precision is None when nothing is kept."""
     gone = set(eliminated)
     kept = [n for n in inputs if n not in gone]
-    out: dict[str, float | None] = {"eliminated": float(len(gone)), "kept": float(len(kept))}
+    out: dict[str, float | None] = {"eliminated_count": float(len(gone)), "kept_count": float(len(kept))}
     if relevant is not None:
         truth = set(relevant)
         hits = sum(n in truth for n in kept)

@@ -37,11 +37,11 @@ WEIGHT_DECAY = (1e-6, 1e-1)  # log scale
 DROPOUT = (0.0, 0.5)
 THETA = (-14.0, -6.0)  # natural log
 LOG10_NU = (5.0, 7.0)
-GB_LEARNING_RATE = (0.01, 0.3)
+GB_LEARNING_RATE = (0.03, 0.3)
 GB_LEAVES = (4, 64)
 GB_MIN_LEAF = (2, 64)
 GB_L2 = (1e-6, 10.0)
-GB_MAX_ITER = 500  # with early stopping on the validation split (10 rounds without improvement)
+GB_MAX_ITER = 200  # with early stopping on the validation split (10 rounds without improvement)
 LASSO_ALPHA = (1e-4, 1.0)  # on the standardized target
 LOGISTIC_C = (1e-3, 1e2)
 

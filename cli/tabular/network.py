@@ -9,6 +9,10 @@ The first layer's weight is held in *parts*, each a tensor of consecutive copies
 concatenated in :meth:`StackedMLP.forward`: RLN wraps some parts and not others, and each
 part can carry its own RLN settings (:mod:`.optimizer`). Per-copy dropout rates apply
 after every hidden ReLU during training.
+
+Every copy draws its randomness (initial weights, and in :mod:`.trainer` its shuffles and
+dropout masks) from a generator of its own, so a copy trains the same whatever it is
+stacked with: a trial's score depends on its setting and seed, not on its neighbours.
 """
 
 from __future__ import annotations
@@ -47,8 +51,8 @@ class StackedMLP(torch.nn.Module):
         sizes: the layer sizes, inputs first.
         parts: how many consecutive copies each first-layer part holds (summing to the
             copies); ``(copies,)`` for one part.
-        generators: one per copy: copy ``c`` draws its initial weights from
-            ``generators[c]`` alone, so a copy starts the same whatever it is stacked with.
+        generators: one per copy: copy ``c`` draws its initial weights, and later its
+            dropout masks, from ``generators[c]`` alone.
         dropout: per-copy dropout rates (``(copies,)``), or None for none.
     """
 
@@ -78,8 +82,9 @@ class StackedMLP(torch.nn.Module):
             else:
                 self.weights.append(torch.nn.Parameter(w))
             self.biases.append(torch.nn.Parameter(torch.zeros(copies, 1, fan_out)))
-        self.rate = None if dropout is None else dropout.reshape(copies, 1, 1).clone()
-        self.drop: bool = dropout is not None and bool((dropout > 0).any())
+        self.generators = list(generators)
+        rates = [] if dropout is None else [float(r) for r in dropout.tolist()]
+        self.dropped = [(c, r) for c, r in enumerate(rates) if r > 0]  # the copies with dropout, and their rates
 
     def first_weight(self) -> Tensor:
         """The first layer's weight of every copy, ``(copies, hidden, inputs)``."""
@@ -89,21 +94,23 @@ class StackedMLP(torch.nn.Module):
         """Every weight matrix (not the biases), the first layer's parts first."""
         return [*self.first, *self.weights]
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """``x``: ``(copies, B, in)`` -> ``(copies, B, out)``. With a ``generator`` (training),
-        dropout with each copy's rate follows every hidden ReLU; without one, none."""
+    def forward(self, x: Tensor, train: bool = False) -> Tensor:
+        """``x``: ``(copies, B, in)`` -> ``(copies, B, out)``. With ``train``, dropout with each
+        copy's rate follows every hidden ReLU; without, none."""
         weights = [self.first_weight(), *self.weights]
         last = len(weights) - 1
         for i, (w, b) in enumerate(zip(weights, self.biases, strict=True)):
             x = torch.baddbmm(b, x, w.transpose(1, 2))
             if i < last:
                 x = torch.relu(x)
-                if generator is not None and self.drop:
-                    x = self._dropout(x, generator)
+                if train and self.dropped:
+                    x = self._dropout(x)
         return x
 
-    def _dropout(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        assert self.rate is not None
-        rate = self.rate.to(x.device)
-        keep = torch.rand(x.shape, generator=generator, device=x.device) >= rate
-        return x * keep / (1 - rate)
+    def _dropout(self, x: Tensor) -> Tensor:
+        """Inverted dropout on the copies that have a rate, each mask from its copy's generator."""
+        scale = torch.ones(x.shape, dtype=x.dtype)
+        for c, rate in self.dropped:
+            keep = torch.rand(x.shape[1:], generator=self.generators[c]) >= rate
+            scale[c] = keep / (1 - rate)
+        return x * scale.to(x.device)

@@ -92,11 +92,12 @@ def make_optimizer(
     weight_decay: Tensor | None,
     parts: Sequence[int],
     rln: RlnSettings,
+    compile_rln: bool = False,
 ) -> torch.optim.Optimizer:
     """RMSprop with each copy's ``lr`` and ``weight_decay`` over every tensor of ``model``
     (a :class:`~.network.StackedMLP`), wrapped with RLN on the first-layer parts that
-    ``rln`` names (eager: the compiled kernel's first call costs seconds, more than a
-    tabular run's whole RLN work)."""
+    ``rln`` names. ``compile_rln``: RLN's update compiled where torch.compile works (the
+    same math; the first compile costs seconds, repaid over a run of minutes), else eager."""
     groups: list[dict[str, Any]] = []
     start = 0
     for tensor, size in zip(model.first, parts, strict=True):
@@ -110,4 +111,4 @@ def make_optimizer(
     inner = StackedRMSprop(groups)
     if not rln:
         return inner
-    return RLNOptimizer(inner, params=rln_groups(list(model.first), parts, rln), compile=False)
+    return RLNOptimizer(inner, params=rln_groups(list(model.first), parts, rln), compile=None if compile_rln else False)

@@ -60,7 +60,7 @@ class Inputs:
 
         numeric, categorical = table.numeric[rows], table.categorical[rows]
         self.numeric_imputer = None
-        if np.isnan(numeric).any():
+        if self.impute is not None or np.isnan(numeric).any():  # also when only validation or test rows miss values
             self.numeric_imputer = SimpleImputer(strategy=self.impute or "mean", keep_empty_features=True).fit(numeric)
             numeric = self.numeric_imputer.transform(numeric)
         self.scaler = StandardScaler().fit(numeric) if numeric.shape[1] else None

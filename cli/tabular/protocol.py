@@ -44,6 +44,7 @@ class Settings:
     methods: tuple[str, ...] = tuple(METHODS)
     study_prefix: str | None = None  # --study-name
     gb_max_iter: int = GB_MAX_ITER  # HistGradientBoosting's most boosting rounds (early-stopped on validation)
+    compile_rln: bool = True  # RLN's update compiled where torch.compile works (same math)
 
 
 @dataclass
@@ -136,11 +137,18 @@ class DatasetRun:
                 copies.rln[c] = (params["theta"], params["log10_nu"])
         return copies
 
-    def _train(self, label: str, copies: Copies, seed: int, keep_best: bool) -> tuple[Trained, float]:
+    def _train(self, label: str, copies: Copies, keep_best: bool) -> tuple[Trained, float]:
         s = self.settings.schedule
         self.events.phase(label, s.max_epochs)
         start = time.perf_counter()
-        trained = train(copies, self.splits, s, seed=seed, keep_best=keep_best, on_epoch=lambda e: self.events.epoch())
+        trained = train(
+            copies,
+            self.splits,
+            s,
+            keep_best=keep_best,
+            compile_rln=self.settings.compile_rln,
+            on_epoch=lambda e: self.events.epoch(),
+        )
         return trained, time.perf_counter() - start
 
     def nn_round(self) -> int:
@@ -164,15 +172,13 @@ class DatasetRun:
         label = (
             f"{self.table.name}: {len(entries)} MLP trials ({', '.join(self.nn)}) x {len(self.settings.seeds)} seeds"
         )
-        round_seed = sampler_seed(self.table.name, "round", *(e[3] for e in entries))
         with self.studies.heartbeats([(study, trials) for _, _, study, trials in batches]):
-            trained, seconds = self._train(label, self._copies(entries), round_seed, keep_best=False)
+            trained, seconds = self._train(label, self._copies(entries), keep_best=False)
         share = seconds / len(entries)
         c = 0
         for method, _, study, trials in batches:
             for trial in trials:
-                trial.set_user_attr("best_epoch", trained.best_epoch[c])
-                self.studies.tell(study, trial, trained.best_loss[c], share)
+                self.studies.tell(study, trial, trained.best_loss[c], share, best_epoch=trained.best_epoch[c])
                 self.seconds[method] += share
                 c += 1
         self.events.trials(len(entries))
@@ -247,7 +253,7 @@ class DatasetRun:
         self, method: str, seed: int, best: Any, test: dict[str, float], eliminated: np.ndarray | None
     ) -> dict[str, Any]:
         study = self.study[method, seed]
-        tuning = sum(t.user_attrs.get("seconds", 0.0) for t in self.studies.counted(study))
+        tuning = sum(t.user_attrs.get("measured", {}).get("seconds", 0.0) for t in self.studies.counted(study))
         record: dict[str, Any] = {
             "trial": best.number,
             "params": dict(best.params),
@@ -273,8 +279,7 @@ class DatasetRun:
             best = self.studies.best(self.study[method, seed])
             entries.append((method, seed, dict(best.params), sampler_seed(self.table.name, method, seed, "final")))
         label = f"{self.table.name}: final MLPs ({len(entries)}), test scored once"
-        round_seed = sampler_seed(self.table.name, "final", *(f"{m}{s}" for m, s in pairs))
-        trained, seconds = self._train(label, self._copies(entries), round_seed, keep_best=True)
+        trained, seconds = self._train(label, self._copies(entries), keep_best=True)
         predictions = self._nn_test_predictions(trained, [self.settings.seeds.index(s) for _, s in pairs])
         for c, (method, seed) in enumerate(pairs):
             study = self.study[method, seed]

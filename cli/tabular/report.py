@@ -88,7 +88,7 @@ def features_table(datasets: dict[str, Any]) -> TableSpec:
                 name,
                 method_label(method, d["task"]),
                 str(len(f["inputs"])),
-                num(entry["eliminated"]["mean"]),
+                num(entry["eliminated_count"]["mean"]),
                 *share,
                 num(entry.get("precision", {}).get("mean")),
                 num(entry.get("recall", {}).get("mean")),

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
@@ -56,7 +57,7 @@ class Preset:
 
 PRESETS = {
     "quick": Preset(("friedman1", "breast_cancer_noise"), 2, 2, Schedule(max_epochs=3, patience=2), 2, 20),
-    "default": Preset(("boston_noise", "diabetes_noise", "friedman1", "make_classification"), 3, 12),
+    "default": Preset(("boston_noise", "diabetes_noise", "friedman1", "make_classification"), 3, 16),
     "suite": Preset(("boston_noise", "friedman1"), 3, 8),
     "full": Preset(DATASETS, 5, 24),
 }
@@ -96,6 +97,7 @@ def settings_for(args: argparse.Namespace, device: str) -> tuple[Settings, list[
         device=device,
         study_prefix=args.study_name,
         gb_max_iter=preset.gb_max_iter,
+        compile_rln=not args.quick and not args.no_compile,
     )
     if args.datasets:
         names = list(args.datasets)
@@ -226,9 +228,25 @@ def run_all(runs: list[DatasetRun], on_done: Any) -> None:
 
 
 def run_tabular(args: argparse.Namespace, device: str, out: Path, console: Console) -> tuple[int, str]:
+    """The experiment, on one torch thread: its models are small, and on a 2-core CPU shared
+    with anything else a second thread's synchronization costs more than it computes (a
+    stacked round took 3x as long with two threads on a busy machine). To use more cores,
+    run several workers on one ``--storage``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run_tabular(args, device, out, console)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_tabular(args: argparse.Namespace, device: str, out: Path, console: Console) -> tuple[int, str]:
+    import logging
+
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" on CPU builds
     settings, names = settings_for(args, device)
     tables, digests = load_tables(args, names)
     preset = preset_name(args)

@@ -3,9 +3,10 @@
 A copy is one (method, seed, setting): it trains on its seed's training split, with its
 own learning rate, L1 strength, weight decay, dropout rate or RLN settings, and is
 early-stopped on its seed's validation split. Nothing else of the data reaches it.
-Every copy's gradient is its own (the loss is the sum of the copies' losses), so the
-stack trains as that many separate models would; the shuffles and dropout masks come
-from one generator per stack.
+Every copy's gradient is its own (the loss is the sum of the copies' losses), and every
+copy draws its initial weights, shuffles and dropout masks from a generator of its own
+(seeded with its ``init_seed``), so the stack trains as that many separate models would,
+whatever the copies are stacked with (the tests hold a stack equal to its copies alone).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class Copies:
     """The settings of each copy of one stacked training."""
 
     slot: list[int]  # the data slot (seed) each copy trains on
-    init_seed: list[int]  # each copy's initial weights come from a generator seeded with this
+    init_seed: list[int]  # each copy's randomness (weights, shuffles, dropout) comes from a generator seeded with this
     lr: list[float]
     l1: list[float] = field(default_factory=list)  # empty: none anywhere
     weight_decay: list[float] = field(default_factory=list)
@@ -63,8 +64,8 @@ class Schedule:
 
     depth: int = 3
     batch_size: int = 32
-    max_epochs: int = 100
-    patience: int = 10  # stop once every copy's validation loss has not improved for this many epochs
+    max_epochs: int = 40
+    patience: int = 8  # a copy stops once its validation loss has not improved for this many epochs
 
 
 @dataclass
@@ -146,8 +147,8 @@ def train(
     data: Splits,
     schedule: Schedule,
     *,
-    seed: int,
     keep_best: bool = False,
+    compile_rln: bool = False,
     on_epoch: Callable[[int], None] | None = None,
 ) -> Trained:
     """Train every copy of ``copies`` on its slot's training split, early-stopped on its
@@ -162,24 +163,24 @@ def train(
     model = StackedMLP(sizes, parts, generators, dropout).to(device)
     lr = torch.tensor(copies.lr, dtype=torch.float32, device=device)
     decay = _tensor(copies.weight_decay, n_copies)
-    optimizer = make_optimizer(model, lr, None if decay is None else decay.to(device), parts, copies.rln)
+    optimizer = make_optimizer(model, lr, None if decay is None else decay.to(device), parts, copies.rln, compile_rln)
     l1 = _tensor(copies.l1, n_copies)
     l1 = None if l1 is None else l1.to(device)
 
     slot = torch.tensor(copies.slot, dtype=torch.long, device=device)
     x_val, y_val = data.x_val[slot], data.y_val[slot]
     n_train = data.x_train.shape[1]
-    generator = torch.Generator().manual_seed(seed)
     best = torch.full((n_copies,), math.inf)
     best_epoch = torch.zeros(n_copies, dtype=torch.long)
+    stopped = torch.zeros(n_copies, dtype=torch.bool)
     saved = BestWeights(model) if keep_best else None
     epoch = 0
     for epoch in range(1, schedule.max_epochs + 1):
-        order = torch.rand(n_copies, n_train, generator=generator).argsort(dim=1).to(device)
+        order = torch.stack([torch.randperm(n_train, generator=g) for g in generators]).to(device)
         for start in range(0, n_train, schedule.batch_size):
             idx = order[:, start : start + schedule.batch_size]
             optimizer.zero_grad(set_to_none=True)
-            pred = model(data.x_train[slot[:, None], idx], generator)
+            pred = model(data.x_train[slot[:, None], idx], train=True)
             loss = per_copy_loss(pred, data.y_train[slot[:, None], idx], data.task).sum()
             if l1 is not None:
                 loss = loss + (l1 * model.first_weight().abs().sum(dim=(1, 2))).sum()
@@ -188,14 +189,15 @@ def train(
         with torch.no_grad():
             val = per_copy_loss(model(x_val), y_val, data.task).cpu()
         val = torch.where(torch.isnan(val), math.inf, val)
-        improved = val < best
+        improved = (val < best) & ~stopped  # a copy that has stopped keeps its best, as it would alone
         best = torch.where(improved, val, best)
         best_epoch = torch.where(improved, epoch, best_epoch)
         if saved is not None:
             saved.update(improved.to(device))
         if on_epoch is not None:
             on_epoch(epoch)
-        if bool((epoch - best_epoch >= schedule.patience).all()):
+        stopped |= epoch - best_epoch >= schedule.patience
+        if bool(stopped.all()):
             break
     if saved is not None:
         saved.restore()
