@@ -134,6 +134,39 @@ def test_a_stack_trains_as_its_copies_alone(task, outputs):
         assert torch.equal(stacked.eliminated[c], alone.eliminated[0])
 
 
+def test_dropping_stopped_copies_changes_no_copy(monkeypatch):
+    """Trials drop the copies that have stopped from the stack (their weights, RMSprop's and
+    RLN's state carried over): every copy's validation losses stay those it has alone."""
+    from torch_rln_cli.tabular import trainer
+
+    selects = []
+    real_select = trainer._Stack.select
+    monkeypatch.setattr(
+        trainer._Stack, "select", lambda self, keep, data: selects.append(keep) or real_select(self, keep, data)
+    )
+    data = splits("binary")
+    copies = Copies(
+        slot=[0, 1, 0, 1, 0, 1],
+        init_seed=[21, 22, 23, 24, 25, 26],
+        lr=[3e-2, 1e-3, 2e-2, 1e-2, 3e-3, 5e-2],
+        l1=[0.0, 0.0, 1e-3, 0.0, 0.0, 0.0],
+        weight_decay=[0.0, 0.0, 0.0, 1e-2, 0.0, 0.0],
+        dropout=[0.0, 0.2, 0.0, 0.0, 0.0, 0.0],
+        rln={1: (-7.0, 6.0), 4: (-6.0, 5.0), 5: (-8.0, 6.0)},
+    )
+    schedule = Schedule(depth=2, batch_size=16, max_epochs=14, patience=2)
+    stacked = train(copies, data, schedule)
+    assert selects  # some copies stopped early and were dropped
+    for c in range(len(copies)):
+        one = Copies(
+            [copies.slot[c]], [copies.init_seed[c]], [copies.lr[c]], [copies.l1[c]], [copies.weight_decay[c]],
+            [copies.dropout[c]], {0: copies.rln[c]} if c in copies.rln else {},
+        )  # fmt: skip
+        alone = train(one, data, schedule)
+        assert stacked.best_epoch[c] == alone.best_epoch[0], c
+        assert stacked.best_loss[c] == pytest.approx(alone.best_loss[0], rel=1e-4), c
+
+
 def test_early_stopping_keeps_each_copys_best_epoch():
     data = splits()
     copies = Copies(slot=[0, 0], init_seed=[1, 2], lr=[1e-2, 1.0])  # the second diverges
@@ -149,7 +182,7 @@ def test_eliminated_inputs_come_from_rln_stats():
     data = splits(d=12)
     data.x_train[..., 6:] = 0.0  # six inputs that carry nothing: RLN drives their columns to 0
     copies = Copies(slot=[0, 0], init_seed=[3, 3], lr=[1e-2, 1e-2], rln={1: (-5.0, 6.0)})
-    trained = train(copies, data, Schedule(depth=2, batch_size=24, max_epochs=12, patience=12))
+    trained = train(copies, data, Schedule(depth=2, batch_size=24, max_epochs=12, patience=12), keep_best=True)
     w = trained.model.first_weight().detach()
     torch.testing.assert_close(trained.eliminated, (w == 0).all(dim=1))
     assert trained.eliminated[1, 6:].all() and not trained.eliminated[0].any()

@@ -62,6 +62,7 @@ class StackedMLP(torch.nn.Module):
         parts: Sequence[int],
         generators: Sequence[torch.Generator],
         dropout: Tensor | None = None,
+        initialize: bool = True,
     ) -> None:
         super().__init__()
         copies = sum(parts)
@@ -74,7 +75,7 @@ class StackedMLP(torch.nn.Module):
         layers = list(itertools.pairwise(sizes))
         for k, (fan_in, fan_out) in enumerate(layers):
             w = torch.empty(copies, fan_out, fan_in)
-            for c, generator in enumerate(generators):
+            for c, generator in enumerate(generators if initialize else ()):
                 glorot_normal_(w[c], generator)
             if k == 0:
                 for piece in w.split(list(parts)):
@@ -82,9 +83,24 @@ class StackedMLP(torch.nn.Module):
             else:
                 self.weights.append(torch.nn.Parameter(w))
             self.biases.append(torch.nn.Parameter(torch.zeros(copies, 1, fan_out)))
+        self.sizes = list(sizes)
         self.generators = list(generators)
-        rates = [] if dropout is None else [float(r) for r in dropout.tolist()]
-        self.dropped = [(c, r) for c, r in enumerate(rates) if r > 0]  # the copies with dropout, and their rates
+        self.rates = [0.0] * copies if dropout is None else [float(r) for r in dropout.tolist()]
+        self.dropped = [(c, r) for c, r in enumerate(self.rates) if r > 0]  # the copies with dropout, and their rates
+
+    @torch.no_grad()
+    def select(self, live: Sequence[int], parts: Sequence[int]) -> StackedMLP:
+        """A stack of the copies ``live`` alone (their weights, generators and dropout rates),
+        its first layer split into ``parts``."""
+        index = torch.tensor(list(live), dtype=torch.long, device=self.biases[0].device)
+        rates = torch.tensor([self.rates[c] for c in live])
+        out = StackedMLP(self.sizes, parts, [self.generators[c] for c in live], rates, initialize=False)
+        out = out.to(self.biases[0].device)
+        for new, piece in zip(out.first, self.first_weight()[index].split(list(parts)), strict=True):
+            new.copy_(piece)
+        for new, old in zip([*out.weights, *out.biases], [*self.weights, *self.biases], strict=True):
+            new.copy_(old[index])
+        return out
 
     def first_weight(self) -> Tensor:
         """The first layer's weight of every copy, ``(copies, hidden, inputs)``."""

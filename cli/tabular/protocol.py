@@ -76,6 +76,12 @@ def fingerprint(table: Table, settings: Settings, digest: str | None = None) -> 
     return f"{sampler_seed(*key):08x}"[:10]
 
 
+def _shares(seconds: float, epochs: list[int]) -> list[float]:
+    """A stacked training's time split among its copies in proportion to the epochs each trained."""
+    total = sum(epochs) or 1
+    return [seconds * e / total for e in epochs]
+
+
 def _pad(arrays: list[np.ndarray], width: int) -> np.ndarray:
     """Stack per-seed matrices, zero-padded to ``width`` columns (one-hot widths differ by seed)."""
     return np.stack([np.pad(a, ((0, 0), (0, width - a.shape[1]))) for a in arrays])
@@ -102,7 +108,6 @@ class DatasetRun:
                 self.study[method, seed] = studies.open(name)
         self.device = torch.device(settings.device)
         self.splits = self._splits()
-        self.seconds: dict[str, float] = dict.fromkeys(settings.methods, 0.0)
 
     def _splits(self) -> Splits:
         seeds = self.settings.seeds
@@ -158,10 +163,9 @@ class DatasetRun:
         for method in self.nn:
             for seed in self.settings.seeds:
                 study = self.study[method, seed]
-                if not self.studies.done(study):
-                    trials = self.studies.ask(study, self.settings.ask_batch)
-                    if trials:
-                        batches.append((method, seed, study, trials))
+                trials = self.studies.ask(study, self.settings.ask_batch)  # none once the study is full
+                if trials:
+                    batches.append((method, seed, study, trials))
         if not batches:
             return 0
         entries = []
@@ -174,12 +178,11 @@ class DatasetRun:
         )
         with self.studies.heartbeats([(study, trials) for _, _, study, trials in batches]):
             trained, seconds = self._train(label, self._copies(entries), keep_best=False)
-        share = seconds / len(entries)
+        shares = _shares(seconds, trained.trained_epochs)
         c = 0
-        for method, _, study, trials in batches:
+        for _, _, study, trials in batches:
             for trial in trials:
-                self.studies.tell(study, trial, trained.best_loss[c], share, best_epoch=trained.best_epoch[c])
-                self.seconds[method] += share
+                self.studies.tell(study, trial, trained.best_loss[c], shares[c], best_epoch=trained.best_epoch[c])
                 c += 1
         self.events.trials(len(entries))
         return len(entries)
@@ -191,17 +194,13 @@ class DatasetRun:
         for method in self.sk:
             for seed in self.settings.seeds:
                 study = self.study[method, seed]
-                while not self.studies.done(study):
-                    trials = self.studies.ask(study, 1)
-                    if not trials:
-                        break
+                while trials := self.studies.ask(study, 1):  # none once the study is full
                     trial = trials[0]
                     with self.studies.heartbeats([(study, [trial])]):
                         start = time.perf_counter()
                         value = self._sklearn_trial(method, seed, METHODS[method].suggest(trial, self.table.task))
                         seconds = time.perf_counter() - start
                     self.studies.tell(study, trial, value, seconds)
-                    self.seconds[method] += seconds
                     self.events.trials(1)
                     count += 1
         return count
@@ -247,6 +246,10 @@ class DatasetRun:
             self._nn_finals(nn)
         for method, seed in [(m, s) for m, s in missing if m in SKLEARN_METHODS]:
             self._sklearn_final(method, seed)
+        return self.records()
+
+    def records(self) -> dict[tuple[str, int], dict[str, Any]]:
+        """The final records stored in the studies, by (method, seed)."""
         return {(m, s): record for (m, s), study in self.study.items() if (record := self.studies.final(study))}
 
     def _record(
@@ -274,12 +277,17 @@ class DatasetRun:
         return sorted(set(columns) - alive)
 
     def _nn_finals(self, pairs: list[tuple[str, int]]) -> None:
+        """The chosen trial of each (method, seed) trained again, from its own seed: each copy
+        draws all its randomness from a generator of its own, so this is the chosen trial's
+        model (up to float rounding in the stack), now kept at its best epoch and scored once."""
         entries = []
         for method, seed in pairs:
             best = self.studies.best(self.study[method, seed])
-            entries.append((method, seed, dict(best.params), sampler_seed(self.table.name, method, seed, "final")))
+            entries.append((method, seed, dict(best.params), sampler_seed(self.table.name, method, seed, best.number)))
         label = f"{self.table.name}: final MLPs ({len(entries)}), test scored once"
         trained, seconds = self._train(label, self._copies(entries), keep_best=True)
+        assert trained.eliminated is not None  # keep_best
+        shares = _shares(seconds, trained.trained_epochs)
         predictions = self._nn_test_predictions(trained, [self.settings.seeds.index(s) for _, s in pairs])
         for c, (method, seed) in enumerate(pairs):
             study = self.study[method, seed]
@@ -287,8 +295,7 @@ class DatasetRun:
             test = self._score(seed, predictions[c])
             record = self._record(method, seed, best, test, trained.eliminated[c].numpy())
             record.update(refit_validation=trained.best_loss[c], refit_epoch=trained.best_epoch[c])
-            record["final_seconds"] = round(seconds / len(pairs), 3)
-            self.seconds[method] += seconds / len(pairs)
+            record["final_seconds"] = round(shares[c], 3)
             self.studies.store_final(study, record)
         self.events.trials(len(pairs))
 
@@ -298,6 +305,7 @@ class DatasetRun:
         seeds = self.settings.seeds
         width = self.splits.x_train.shape[-1]
         x_test = torch.as_tensor(_pad([self.prepared[s].x_test for s in seeds], width), device=self.device)
+        assert trained.model is not None  # keep_best
         out = trained.model(x_test[torch.tensor(slots, device=self.device)])
         if self.task == "regression":
             return [o.squeeze(-1).cpu().numpy().astype(np.float64) for o in out]
@@ -321,6 +329,5 @@ class DatasetRun:
         test = self._score(seed, predict(model, self.table.task, self.prepared[seed].x_test))
         record = self._record(method, seed, best, test, sklearn_eliminated(method, model))
         record["final_seconds"] = round(time.perf_counter() - start, 3)
-        self.seconds[method] += record["final_seconds"]
         self.studies.store_final(study, record)
         self.events.trials(1)

@@ -104,7 +104,8 @@ def _share(entry: dict[str, Any] | None) -> str:
 
 def time_table(datasets: dict[str, Any]) -> TableSpec:
     table = TableSpec(
-        "Time per method, summed over data sets and seeds (the MLPs train stacked: each trial gets its share)",
+        "Time per method, summed over data sets and seeds (the MLPs train stacked: each trial is given a share "
+        "of its stack's time in proportion to the epochs it trained)",
         ["method", "tuning (s)", "final models (s)", "total (s)"],
     )
     totals: dict[str, list[float]] = {}

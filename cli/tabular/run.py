@@ -153,10 +153,8 @@ class TabularProgress:
 def records_of(run: DatasetRun) -> dict[str, dict[int, dict[str, Any]]]:
     """The final records stored in the studies, by method and seed."""
     out: dict[str, dict[int, dict[str, Any]]] = {}
-    for (method, seed), study in run.study.items():
-        record = run.studies.final(study)
-        if record is not None:
-            out.setdefault(method, {})[seed] = record
+    for (method, seed), record in run.records().items():
+        out.setdefault(method, {})[seed] = record
     return {m: out[m] for m in METHODS if m in out}
 
 

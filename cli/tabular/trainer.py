@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -64,8 +65,8 @@ class Schedule:
 
     depth: int = 3
     batch_size: int = 32
-    max_epochs: int = 40
-    patience: int = 8  # a copy stops once its validation loss has not improved for this many epochs
+    max_epochs: int = 100
+    patience: int = 10  # a copy stops once its validation loss has not improved for this many epochs
 
 
 @dataclass
@@ -75,8 +76,9 @@ class Trained:
     best_loss: list[float]  # the lowest validation loss (inf where it diverged)
     best_epoch: list[int]  # 1-based
     epochs: int  # how many epochs the stack ran
-    model: StackedMLP  # at each copy's best epoch if ``keep_best``, else at the last
-    eliminated: Tensor  # (copies, inputs) bool: whole first-layer column exactly 0
+    trained_epochs: list[int]  # how many epochs each copy trained (up to its stop)
+    model: StackedMLP | None  # with ``keep_best``: every copy at its best epoch
+    eliminated: Tensor | None  # with ``keep_best``: (copies, inputs) bool, whole first-layer column exactly 0
 
 
 def per_copy_loss(pred: Tensor, y: Tensor, task: Task) -> Tensor:
@@ -142,6 +144,104 @@ def eliminated_inputs(model: StackedMLP, optimizer: torch.optim.Optimizer, rln: 
     return mask
 
 
+COMPACT_BELOW = 0.75  # trials: once this share of the stack is left training, the stopped copies are dropped
+
+
+class _Stack:
+    """The stacked model and optimizer of the copies still training (``ids``: their indices
+    among all the copies)."""
+
+    def __init__(self, copies: Copies, ids: list[int], model: StackedMLP, data: Splits, compile_rln: bool) -> None:
+        device = data.x_train.device
+        self.copies, self.ids, self.model, self.compile_rln = copies, ids, model, compile_rln
+        self.parts = rln_parts(len(copies), copies.rln)
+        n = len(copies)
+        self.lr = torch.tensor(copies.lr, dtype=torch.float32, device=device)
+        decay = _tensor(copies.weight_decay, n)
+        self.decay = None if decay is None else decay.to(device)
+        self.optimizer = make_optimizer(model, self.lr, self.decay, self.parts, copies.rln, compile_rln)
+        l1 = _tensor(copies.l1, n)
+        self.l1 = None if l1 is None else l1.to(device)
+        self.slot = torch.tensor(copies.slot, dtype=torch.long, device=device)
+        self.x_val, self.y_val = data.x_val[self.slot], data.y_val[self.slot]
+
+    @classmethod
+    def start(cls, copies: Copies, data: Splits, depth: int, compile_rln: bool) -> _Stack:
+        inputs = data.x_train.shape[-1]
+        sizes = [inputs, *widths(inputs, data.outputs, depth), data.outputs]
+        generators = [torch.Generator().manual_seed(s) for s in copies.init_seed]
+        model = StackedMLP(sizes, rln_parts(len(copies), copies.rln), generators, _tensor(copies.dropout, len(copies)))
+        return cls(copies, list(range(len(copies))), model.to(data.x_train.device), data, compile_rln)
+
+    def epoch(self, data: Splits, batch_size: int) -> None:
+        """One epoch: every copy on its own shuffle of its slot's training rows."""
+        n_train = data.x_train.shape[1]
+        order = torch.stack([torch.randperm(n_train, generator=g) for g in self.model.generators])
+        order = order.to(data.x_train.device)
+        for start in range(0, n_train, batch_size):
+            idx = order[:, start : start + batch_size]
+            self.optimizer.zero_grad(set_to_none=True)
+            pred = self.model(data.x_train[self.slot[:, None], idx], train=True)
+            loss = per_copy_loss(pred, data.y_train[self.slot[:, None], idx], data.task).sum()
+            if self.l1 is not None:
+                loss = loss + (self.l1 * self.model.first_weight().abs().sum(dim=(1, 2))).sum()
+            loss.backward()
+            self.optimizer.step()
+
+    @torch.no_grad()
+    def validation_loss(self, task: Task) -> Tensor:
+        val = per_copy_loss(self.model(self.x_val), self.y_val, task).cpu()
+        return torch.where(torch.isnan(val), math.inf, val)
+
+    def select(self, keep: list[int], data: Splits) -> _Stack:
+        """A stack of the copies at positions ``keep`` alone, with their weights and their
+        optimizer state (RMSprop's and RLN's, through ``state_dict``), to train on as before."""
+        c = self.copies
+        sub = Copies(
+            slot=[c.slot[k] for k in keep],
+            init_seed=[c.init_seed[k] for k in keep],
+            lr=[c.lr[k] for k in keep],
+            l1=[c.l1[k] for k in keep] if c.l1 else [],
+            weight_decay=[c.weight_decay[k] for k in keep] if c.weight_decay else [],
+            dropout=[c.dropout[k] for k in keep] if c.dropout else [],
+            rln={j: c.rln[k] for j, k in enumerate(keep) if k in c.rln},
+        )
+        model = self.model.select(keep, rln_parts(len(keep), sub.rln))
+        new = _Stack(sub, [self.ids[k] for k in keep], model, data, self.compile_rln)
+        new.optimizer.load_state_dict(self._state_for(new, keep))
+        return new
+
+    def _state_for(self, new: _Stack, keep: list[int]) -> dict[str, Any]:
+        """``new``'s optimizer state: this stack's, for the copies ``keep``."""
+        old = self.optimizer.state_dict()["state"]
+        index = torch.tensor(keep, dtype=torch.long)
+        first_old, first_new = len(self.model.first), len(new.model.first)
+        state: dict[int, dict[str, Any]] = {}
+        # the first layer: the parts' inner state together, copy by copy; RLN's per RLN copy (a part each)
+        inner = [k for k in old.get(0, {}) if not k.startswith("rln_")]
+        joined = {
+            k: torch.cat([old[i][k] for i in range(first_old)])
+            for k in inner
+            if all(i in old for i in range(first_old))
+        }
+        pieces = {k: v[index.to(v.device)].split(new.parts) for k, v in joined.items()}
+        old_part_of = [i for i, size in enumerate(self.parts) for _ in range(size)]
+        start = 0
+        for j, size in enumerate(new.parts):
+            entry = {k: pieces[k][j].clone() for k in pieces}
+            if start in new.copies.rln:
+                entry.update({k: v for k, v in old.get(old_part_of[keep[start]], {}).items() if k.startswith("rln_")})
+            if entry:
+                state[j] = entry
+            start += size
+        for k in range(len(self.model.weights) + len(self.model.biases)):
+            if first_old + k in old:
+                state[first_new + k] = {n: v[index.to(v.device)].clone() for n, v in old[first_old + k].items()}
+        template = new.optimizer.state_dict()
+        template["state"] = state
+        return template
+
+
 def train(
     copies: Copies,
     data: Splits,
@@ -152,59 +252,47 @@ def train(
     on_epoch: Callable[[int], None] | None = None,
 ) -> Trained:
     """Train every copy of ``copies`` on its slot's training split, early-stopped on its
-    validation split; ``on_epoch(epoch)`` after each epoch (1-based)."""
-    n_copies = len(copies)
-    device = data.x_train.device
-    inputs = data.x_train.shape[-1]
-    sizes = [inputs, *widths(inputs, data.outputs, schedule.depth), data.outputs]
-    generators = [torch.Generator().manual_seed(s) for s in copies.init_seed]
-    parts = rln_parts(n_copies, copies.rln)
-    dropout = _tensor(copies.dropout, n_copies)
-    model = StackedMLP(sizes, parts, generators, dropout).to(device)
-    lr = torch.tensor(copies.lr, dtype=torch.float32, device=device)
-    decay = _tensor(copies.weight_decay, n_copies)
-    optimizer = make_optimizer(model, lr, None if decay is None else decay.to(device), parts, copies.rln, compile_rln)
-    l1 = _tensor(copies.l1, n_copies)
-    l1 = None if l1 is None else l1.to(device)
+    validation split; ``on_epoch(epoch)`` after each epoch (1-based).
 
-    slot = torch.tensor(copies.slot, dtype=torch.long, device=device)
-    x_val, y_val = data.x_val[slot], data.y_val[slot]
-    n_train = data.x_train.shape[1]
+    With ``keep_best`` (the final models), every copy's weights at its best epoch are kept
+    and returned with the inputs it eliminated. Without it (trials: only the validation
+    losses count), copies that have stopped are dropped from the stack as it goes
+    (:data:`COMPACT_BELOW`), so that the copies still training do not pay for them; each
+    copy's arithmetic is the same either way.
+    """
+    n_copies = len(copies)
+    stack = _Stack.start(copies, data, schedule.depth, compile_rln)
     best = torch.full((n_copies,), math.inf)
     best_epoch = torch.zeros(n_copies, dtype=torch.long)
     stopped = torch.zeros(n_copies, dtype=torch.bool)
-    saved = BestWeights(model) if keep_best else None
+    trained_epochs = torch.zeros(n_copies, dtype=torch.long)
+    saved = BestWeights(stack.model) if keep_best else None
     epoch = 0
     for epoch in range(1, schedule.max_epochs + 1):
-        order = torch.stack([torch.randperm(n_train, generator=g) for g in generators]).to(device)
-        for start in range(0, n_train, schedule.batch_size):
-            idx = order[:, start : start + schedule.batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            pred = model(data.x_train[slot[:, None], idx], train=True)
-            loss = per_copy_loss(pred, data.y_train[slot[:, None], idx], data.task).sum()
-            if l1 is not None:
-                loss = loss + (l1 * model.first_weight().abs().sum(dim=(1, 2))).sum()
-            loss.backward()
-            optimizer.step()
-        with torch.no_grad():
-            val = per_copy_loss(model(x_val), y_val, data.task).cpu()
-        val = torch.where(torch.isnan(val), math.inf, val)
-        improved = (val < best) & ~stopped  # a copy that has stopped keeps its best, as it would alone
-        best = torch.where(improved, val, best)
-        best_epoch = torch.where(improved, epoch, best_epoch)
+        stack.epoch(data, schedule.batch_size)
+        ids = torch.tensor(stack.ids, dtype=torch.long)
+        trained_epochs[ids] = epoch
+        val = stack.validation_loss(data.task)
+        improved = (val < best[ids]) & ~stopped[ids]  # a copy that has stopped keeps its best, as it would alone
+        best[ids] = torch.where(improved, val, best[ids])
+        best_epoch[ids] = torch.where(improved, epoch, best_epoch[ids])
         if saved is not None:
-            saved.update(improved.to(device))
+            saved.update(improved.to(data.x_train.device))
+        stopped[ids] |= epoch - best_epoch[ids] >= schedule.patience
         if on_epoch is not None:
             on_epoch(epoch)
-        stopped |= epoch - best_epoch >= schedule.patience
         if bool(stopped.all()):
             break
+        live = [k for k, i in enumerate(stack.ids) if not stopped[i]]
+        if saved is None and len(live) <= COMPACT_BELOW * len(stack.ids):
+            stack = stack.select(live, data)
     if saved is not None:
         saved.restore()
     return Trained(
         best_loss=[float(v) for v in best.tolist()],
         best_epoch=[int(e) for e in best_epoch.tolist()],
         epochs=epoch,
-        model=model,
-        eliminated=eliminated_inputs(model, optimizer, copies.rln).cpu(),
+        trained_epochs=[int(e) for e in trained_epochs.tolist()],
+        model=stack.model if keep_best else None,
+        eliminated=eliminated_inputs(stack.model, stack.optimizer, stack.copies.rln).cpu() if keep_best else None,
     )

@@ -136,15 +136,18 @@ class Studies:
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # its heartbeats were late and another worker failed it: it will be asked again
 
-    def best(self, study: Any) -> Any:
+    def best(self, study: Any, counted: list[Any] | None = None) -> Any:
         """The counted trial with the lowest validation loss (the first such, by number)."""
-        return min(self.counted(study), key=lambda t: (t.value, t.number))
+        return min(self.counted(study) if counted is None else counted, key=lambda t: (t.value, t.number))
 
     # ------------------------------------------------------------------ the results
     def final(self, study: Any) -> dict[str, Any] | None:
         """The stored final result, if it was made from the current budget's best trial."""
+        counted = self.counted(study)
+        if len(counted) < self.budget:
+            return None
         record = study.user_attrs.get(FINAL_KEY)
-        if not record or not self.done(study) or record.get("trial") != self.best(study).number:
+        if not record or record.get("trial") != self.best(study, counted).number:
             return None
         return dict(record)
 
