@@ -20,7 +20,7 @@ from torch_rln_cli import main as cli_main  # noqa: E402
 from torch_rln_cli import stats  # noqa: E402
 from torch_rln_cli.tabular import analysis, protocol, verdicts  # noqa: E402
 from torch_rln_cli.tabular.datasets import load  # noqa: E402
-from torch_rln_cli.tabular.features import features_json, recovery  # noqa: E402
+from torch_rln_cli.tabular.features import features_json, real_in_top_share, recovery  # noqa: E402
 from torch_rln_cli.tabular.methods import METHODS  # noqa: E402
 from torch_rln_cli.tabular.prepare import split_rows  # noqa: E402
 from torch_rln_cli.tabular.trainer import Schedule  # noqa: E402
@@ -152,6 +152,11 @@ def test_feature_precision_and_recall_on_a_constructed_case():
     assert rln["recall"]["values"] == pytest.approx([2 / 3, 1.0]) and rln["recall"]["mean"] == pytest.approx(5 / 6)
     assert rln["eliminated_count"]["values"] == [4.0, 0.0] and rln["kept_count"]["mean"] == 5.0
     assert f["true_relevant"] == relevant and f["noise"] == noise
+    # importance: the 3 real inputs are a, b, c; seed 0 ranks a, n1, b first (2 of 3), seed 1 a, b, c
+    importance = {"rln": [[5.0, 3.0, 0.1, 4.0, 0.0, 0.0, 0.2], [3.0, 2.0, 1.0, 0.5, 0.4, 0.3, 0.2]]}
+    f = features_json(inputs, relevant, noise, {}, importance)
+    assert f["methods"]["rln"]["real_in_top_share"]["values"] == pytest.approx([2 / 3, 1.0])
+    assert real_in_top_share(inputs, [0.0] * 7, noise) == 1.0  # ties: the input order, real first here
 
 
 def test_ranks_share_ties():
@@ -183,7 +188,7 @@ def test_verdicts_are_computed_from_the_figures():
     })  # fmt: skip
     beats = v["beats_l1_and_none"]["datasets"]
     assert beats["a"]["result"] == "holds" and beats["b"]["result"] == "fails" and "c" not in beats
-    assert "worse than l1" in beats["b"]["detail"]
+    assert "worse than L1" in beats["b"]["detail"] and "better than no regularization" in beats["b"]["detail"]
     theta = v["theta_below_l1"]["datasets"]["a"]
     assert theta["result"] == "fails"  # exp(-9) / 1e-5 = 12 in the second seed
     assert v["eliminates_noise"]["datasets"]["a"]["result"] == "holds"
@@ -225,9 +230,11 @@ def test_quick_run_writes_the_json_fields(quick_run):
                 assert {"differences", "mean", "ci95"} <= set(diffs[metric]) and len(diffs[metric]["differences"]) == 2
         f = d["features"]
         assert {"inputs", "true_relevant", "noise", "methods"} <= set(f)
-        assert set(f["methods"]) == {"rln", "l1", "l1_linear"}
+        assert set(f["methods"]) == set(METHODS) - {"hist_gb"}  # the trees eliminate no input
         for entry in f["methods"].values():
             assert len(entry["eliminated"]) == 2 and len(entry["kept"]) == 2
+            assert len(entry["importance"]) == 2 and len(entry["importance"][0]) == len(f["inputs"])
+            assert 0 <= entry["real_in_top_share"]["mean"] <= 1
     assert report["datasets"]["friedman1"]["features"]["true_relevant"] == ["x0", "x1", "x2", "x3", "x4"]
     assert "precision" in report["datasets"]["friedman1"]["features"]["methods"]["rln"]
     assert len(report["datasets"]["breast_cancer_noise"]["features"]["noise"]) == 300

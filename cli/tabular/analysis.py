@@ -16,7 +16,7 @@ from typing import Any
 
 from ..stats import mean_ci95, paired
 from .datasets import Table
-from .features import RECOVERY_METHODS, features_json
+from .features import features_json
 from .methods import METHODS, l1_linear_label
 from .metrics import LOWER_IS_BETTER, PRIMARY, metrics_for
 
@@ -64,12 +64,14 @@ def dataset_json(table: Table, classes: int, seeds: Sequence[int], records: Reco
         "paired": paired_json(records, metrics, seeds),
         "best": {m: best_method(methods, m) for m in metrics},
     }
+    measured = {m: [records[m][s] for s in seeds if s in records[m]] for m in records}
     eliminated = {
-        m: [records[m][s]["eliminated"] for s in seeds if s in records[m]]
-        for m in RECOVERY_METHODS
-        if m in records and all("eliminated" in records[m][s] for s in records[m])
+        m: [r["eliminated"] for r in rs] for m, rs in measured.items() if rs and all("eliminated" in r for r in rs)
     }
-    out["features"] = features_json(table.inputs, table.relevant, table.noise, eliminated)
+    importance = {
+        m: [r["importance"] for r in rs] for m, rs in measured.items() if rs and all("importance" in r for r in rs)
+    }
+    out["features"] = features_json(table.inputs, table.relevant, table.noise, eliminated, importance)
     return out
 
 

@@ -9,6 +9,13 @@ model's coefficients all exactly 0. The others are *kept*.
   kept inputs against them.
 * Where the noise inputs are known (the noised and the synthetic sets): the share of
   noise inputs eliminated, and the share of the other inputs kept.
+
+Elimination is all or nothing. How much weight a model still gives each input is
+measured too: its *importance*, the sum of |first-layer weights| of its column (the
+linear model: of its coefficients), on standardized inputs. Where the noise inputs are
+known, ``real_in_top_share`` is the share of the other (real or informative) inputs among
+the ``k`` most important, ``k`` their number: 1 when the model ranks every real input above
+every noise input, about ``k / inputs`` for a random ranking.
 """
 
 from __future__ import annotations
@@ -53,26 +60,43 @@ def summarize(values: Sequence[float | None]) -> dict[str, Any]:
     return {"values": list(values), "mean": mean if present else None, "ci95": ci}
 
 
+def real_in_top_share(inputs: Sequence[str], importance: Sequence[float], noise: Sequence[str]) -> float | None:
+    """The share of the non-noise inputs among the ``k`` most important, ``k`` their number
+    (ties broken by the input order)."""
+    noisy = set(noise)
+    k = sum(n not in noisy for n in inputs)
+    if not k:
+        return None
+    order = sorted(range(len(inputs)), key=lambda i: -importance[i])[:k]
+    return sum(inputs[i] not in noisy for i in order) / k
+
+
 def features_json(
     inputs: Sequence[str],
     relevant: Sequence[str] | None,
     noise: Sequence[str] | None,
     eliminated: dict[str, list[list[int]]],
+    importance: dict[str, list[list[float]]] | None = None,
 ) -> dict[str, Any]:
     """``datasets.<name>.features``: the inputs, the known relevant and noise ones, and per
-    method the inputs eliminated and kept per seed with the figures of :func:`recovery`.
+    method the inputs eliminated and kept per seed with the figures of :func:`recovery`, and
+    each input's importance per seed with :func:`real_in_top_share` where the noise is known.
 
-    ``eliminated[method]`` holds, per seed, the indices (into ``inputs``) eliminated.
+    ``eliminated[method]`` holds, per seed, the indices (into ``inputs``) eliminated;
+    ``importance[method]``, per seed, one number per input.
     """
     out: dict[str, Any] = {"inputs": list(inputs), "true_relevant": relevant, "noise": noise, "methods": {}}
+    for method, per_seed_importance in (importance or {}).items():
+        entry = out["methods"].setdefault(method, {})
+        entry["importance"] = per_seed_importance
+        if noise is not None:
+            entry["real_in_top_share"] = summarize([real_in_top_share(inputs, v, noise) for v in per_seed_importance])
     for method, per_seed in eliminated.items():
         names = [[inputs[i] for i in seed] for seed in per_seed]
         figures = [recovery(inputs, seed, relevant, noise) for seed in names]
-        entry: dict[str, Any] = {
-            "eliminated": names,
-            "kept": [[n for n in inputs if n not in set(seed)] for seed in names],
-        }
+        entry = out["methods"].setdefault(method, {})
+        entry["eliminated"] = names
+        entry["kept"] = [[n for n in inputs if n not in set(seed)] for seed in names]
         for key in figures[0] if figures else ():
             entry[key] = summarize([f[key] for f in figures])
-        out["methods"][method] = entry
     return out

@@ -171,14 +171,30 @@ def fit_sklearn(
     raise ValueError(f"not a scikit-learn method: {name!r}")
 
 
+def _coefficients(model: Any) -> np.ndarray:
+    """The linear model's coefficients, ``(classes or 1, inputs)``."""
+    estimators = getattr(model, "estimators_", None)
+    if estimators is not None:  # one-vs-rest
+        return np.stack([e.coef_.reshape(-1) for e in estimators])
+    coef: np.ndarray = np.atleast_2d(model.coef_)
+    return coef
+
+
 def sklearn_eliminated(name: str, model: Any) -> np.ndarray | None:
     """``(inputs,)`` bool, True where the linear model's coefficients are all exactly 0; None for the trees."""
     if name != "l1_linear":
         return None
-    estimators = getattr(model, "estimators_", None)
-    coef = np.stack([e.coef_.reshape(-1) for e in estimators]) if estimators is not None else np.atleast_2d(model.coef_)
-    mask: np.ndarray = (coef == 0).all(axis=0)
+    mask: np.ndarray = (_coefficients(model) == 0).all(axis=0)
     return mask
+
+
+def sklearn_importance(name: str, model: Any) -> np.ndarray | None:
+    """``(inputs,)``: the linear model's sum of |coefficients| per input (on standardized inputs,
+    as the MLPs' first-layer column sums); None for the trees."""
+    if name != "l1_linear":
+        return None
+    importance: np.ndarray = np.abs(_coefficients(model)).sum(axis=0)
+    return importance
 
 
 def predict(model: Any, task: str, x: np.ndarray) -> np.ndarray:

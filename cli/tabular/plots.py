@@ -13,7 +13,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .features import RECOVERY_METHODS
 from .metrics import LOWER_IS_BETTER, NAMES
 
 COLORS = {
@@ -81,36 +80,52 @@ def scores_plot(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
+BARS = (
+    ("noise_eliminated_share", None, "noise inputs eliminated"),
+    ("real_kept_share", "//", "other inputs kept"),
+    ("real_in_top_share", "..", "other inputs among the k most important"),
+)
+
+
 def features_plot(report: dict[str, Any], path: Path) -> Path | None:
-    """Per data set whose noise inputs are known: the share of noise inputs each method
-    eliminated and the share of the other inputs it kept (bars: mean; points: seeds)."""
-    shown = {
-        name: d
-        for name, d in report["datasets"].items()
-        if d["features"]["noise"] and any(m in d["features"]["methods"] for m in RECOVERY_METHODS)
-    }
+    """Per data set whose noise inputs are known, per method: the share of noise inputs
+    eliminated, of the other inputs kept, and of the other inputs among the k most
+    important (bars: the mean; points: the seeds)."""
+    shown = {name: d for name, d in report["datasets"].items() if d["features"]["noise"] and d["features"]["methods"]}
     if not shown:
         return None
     fig, axes = _grid(len(shown))
+    width = 0.27
     for ax, (name, d) in zip(axes.flat, shown.items(), strict=False):
-        methods = [m for m in RECOVERY_METHODS if m in d["features"]["methods"]]
+        methods = [m for m in COLORS if m in d["features"]["methods"]]
         for x, method in enumerate(methods):
             entry = d["features"]["methods"][method]
-            for offset, key, hatch in ((-0.18, "noise_eliminated_share", None), (0.18, "real_kept_share", "//")):
+            for k, (key, hatch, _) in enumerate(BARS):
+                if key not in entry:
+                    continue
                 values = [v for v in entry[key]["values"] if v is not None]
-                mean = entry[key]["mean"] or 0.0
-                ax.bar(x + offset, mean, width=0.34, color=COLORS[method], alpha=0.55, hatch=hatch, edgecolor="black")
-                ax.scatter([x + offset] * len(values), values, s=10, color="black", zorder=3)
-        ax.set_xticks(range(len(methods)), [SHORT[m] for m in methods], fontsize=8)
+                offset = (k - 1) * width
+                ax.bar(x + offset, entry[key]["mean"] or 0.0, width=width * 0.95, color=COLORS[method], alpha=0.55,
+                       hatch=hatch, edgecolor="black", linewidth=0.5)  # fmt: skip
+                ax.scatter([x + offset] * len(values), values, s=8, color="black", zorder=3)
+        ax.set_xticks(range(len(methods)), [SHORT[m] for m in methods], rotation=35, fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_title(
             f"{name} ({len(d['features']['noise'])} noise of {len(d['features']['inputs'])} inputs)", fontsize=9
         )
-        ax.set_ylabel("share", fontsize=8)
+        ax.set_ylabel("share (higher is better)", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("Plain bars: share of noise inputs eliminated (higher is better); hatched: share of the other "
-                 "inputs kept (higher is better)", fontsize=9)  # fmt: skip
-    fig.tight_layout()
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor="white", edgecolor="black", hatch=hatch, label=label) for _, hatch, label in BARS]
+    rows = axes.shape[0]
+    top = 1 - 0.6 / (3.6 * rows + 0.75)  # room for the title and the legend, whatever the rows
+    fig.set_size_inches(fig.get_size_inches()[0], 3.6 * rows + 0.75)
+    fig.suptitle("Feature recovery per method (bars: mean over seeds; points: seeds)", fontsize=9, y=0.995)
+    fig.legend(
+        handles=handles, loc="upper center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, 1 - 0.3 / (3.6 * rows + 0.75))
+    )
+    fig.tight_layout(rect=(0, 0, 1, top))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -26,7 +26,16 @@ import numpy as np
 import torch
 
 from .datasets import Table
-from .methods import GB_MAX_ITER, METHODS, NN_METHODS, SKLEARN_METHODS, fit_sklearn, predict, sklearn_eliminated
+from .methods import (
+    GB_MAX_ITER,
+    METHODS,
+    NN_METHODS,
+    SKLEARN_METHODS,
+    fit_sklearn,
+    predict,
+    sklearn_eliminated,
+    sklearn_importance,
+)
 from .metrics import test_scores, validation_loss
 from .prepare import Prepared, classes_of, prepare
 from .trainer import Copies, Schedule, Splits, Trained, train
@@ -253,7 +262,13 @@ class DatasetRun:
         return {(m, s): record for (m, s), study in self.study.items() if (record := self.studies.final(study))}
 
     def _record(
-        self, method: str, seed: int, best: Any, test: dict[str, float], eliminated: np.ndarray | None
+        self,
+        method: str,
+        seed: int,
+        best: Any,
+        test: dict[str, float],
+        eliminated: np.ndarray | None,
+        importance: np.ndarray | None = None,
     ) -> dict[str, Any]:
         study = self.study[method, seed]
         tuning = sum(t.user_attrs.get("measured", {}).get("seconds", 0.0) for t in self.studies.counted(study))
@@ -268,7 +283,16 @@ class DatasetRun:
         if eliminated is not None:
             record["eliminated"] = self._inputs_eliminated(seed, eliminated)
             record["inputs"] = len(self.table.inputs)
+        if importance is not None:
+            record["importance"] = self._inputs_importance(seed, importance)
         return record
+
+    def _inputs_importance(self, seed: int, importance: np.ndarray) -> list[float]:
+        """Per input (``table.inputs``), the sum of ``importance`` over its encoded columns."""
+        out = np.zeros(len(self.table.inputs))
+        columns = self.prepared[seed].columns
+        np.add.at(out, columns, np.asarray(importance[: len(columns)], dtype=np.float64))
+        return [float(f"{v:.6g}") for v in out]
 
     def _inputs_eliminated(self, seed: int, eliminated: np.ndarray) -> list[int]:
         """The inputs (indices into ``table.inputs``) whose every encoded column was eliminated."""
@@ -287,13 +311,15 @@ class DatasetRun:
         label = f"{self.table.name}: final MLPs ({len(entries)}), test scored once"
         trained, seconds = self._train(label, self._copies(entries), keep_best=True)
         assert trained.eliminated is not None  # keep_best
+        assert trained.model is not None
         shares = _shares(seconds, trained.trained_epochs)
         predictions = self._nn_test_predictions(trained, [self.settings.seeds.index(s) for _, s in pairs])
         for c, (method, seed) in enumerate(pairs):
             study = self.study[method, seed]
             best = self.studies.best(study)
             test = self._score(seed, predictions[c])
-            record = self._record(method, seed, best, test, trained.eliminated[c].numpy())
+            importance = trained.model.first_weight()[c].detach().abs().sum(dim=0).cpu().numpy()
+            record = self._record(method, seed, best, test, trained.eliminated[c].numpy(), importance)
             record.update(refit_validation=trained.best_loss[c], refit_epoch=trained.best_epoch[c])
             record["final_seconds"] = round(shares[c], 3)
             self.studies.store_final(study, record)
@@ -327,7 +353,9 @@ class DatasetRun:
         start = time.perf_counter()
         model = self._fit(method, seed, dict(best.params))
         test = self._score(seed, predict(model, self.table.task, self.prepared[seed].x_test))
-        record = self._record(method, seed, best, test, sklearn_eliminated(method, model))
+        record = self._record(
+            method, seed, best, test, sklearn_eliminated(method, model), sklearn_importance(method, model)
+        )
         record["final_seconds"] = round(time.perf_counter() - start, 3)
         self.studies.store_final(study, record)
         self.events.trials(1)

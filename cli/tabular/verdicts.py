@@ -40,18 +40,23 @@ def _fmt_ci(d: dict[str, Any]) -> str:
     return f"{d['mean']:+.4g}" + ("" if ci is None else f" [{ci[0]:+.4g}, {ci[1]:+.4g}]")
 
 
+LABELS = {"l1": "L1", "none": "no regularization"}
+WORDS = {"win": "better than", "loss": "worse than", "tie": "not clearly different from"}
+
+
 def beats_l1_and_none(d: dict[str, Any]) -> dict[str, str] | None:
     if d["kind"] not in ("noised", "synthetic") or not {"l1", "none"} <= set(d["paired"]):
         return None
     metric = d["primary"]
     outcomes = {m: outcome(d["paired"][m][metric], metric) for m in ("l1", "none")}
-    detail = "; ".join(f"RLN - {m}: {_fmt_ci(d['paired'][m][metric])}" for m in ("l1", "none"))
+    detail = f"in {NAMES[metric]}, RLN is " + " and ".join(
+        f"{WORDS[o]} {LABELS[m]} (RLN - {LABELS[m]}: {_fmt_ci(d['paired'][m][metric])})" for m, o in outcomes.items()
+    )
     if "loss" in outcomes.values():
-        worse = " and ".join(m for m, o in outcomes.items() if o == "loss")
-        return {"result": "fails", "detail": f"RLN is worse than {worse} in {NAMES[metric]} ({detail})"}
+        return {"result": "fails", "detail": detail}
     if all(o == "win" for o in outcomes.values()):
-        return {"result": "holds", "detail": f"RLN is better than both in {NAMES[metric]} ({detail})"}
-    return {"result": "not shown", "detail": f"an interval contains 0 ({NAMES[metric]}: {detail})"}
+        return {"result": "holds", "detail": detail}
+    return {"result": "not shown", "detail": detail}
 
 
 def theta_below_l1(d: dict[str, Any]) -> dict[str, str] | None:
