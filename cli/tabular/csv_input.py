@@ -182,6 +182,7 @@ def read_csv(path: str | Path, target: str, task: str | None = None, impute: str
         raise InputError(f"{path}: a header and no data rows")
     columns = {name: [row[k] for row in body] for k, name in enumerate(names)}
     y, task, task_note = _target(path, target, columns.pop(target), task)
+    unnamed = [n for n in columns if n.startswith("unnamed_") and n not in [c.strip() for c in rows[0]]]
 
     numeric, numeric_names, categorical, categorical_names = [], [], [], []
     missing_counts: dict[str, int] = {}
@@ -210,6 +211,11 @@ def read_csv(path: str | Path, target: str, task: str | None = None, impute: str
         categorical_names=categorical_names,
         notes=[task_note],
     )
+    if unnamed:
+        table.notes.append(
+            f"column{'s' if len(unnamed) > 1 else ''} without a name used as input{'s' if len(unnamed) > 1 else ''} "
+            f"{', '.join(unnamed)} (a row index written with the data? it numbers the rows: remove it if so)"
+        )
     table = drop_constant_columns(table)
     kept = set(table.inputs)
     missing_counts = {k: v for k, v in missing_counts.items() if k in kept}

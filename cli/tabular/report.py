@@ -15,6 +15,10 @@ from .metrics import LOWER_IS_BETTER, NAMES
 COMMAND = "torch-rln bench tabular"
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def num(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -30,8 +34,8 @@ def dataset_table(name: str, d: dict[str, Any]) -> TableSpec:
     metrics, primary = d["metrics"], d["primary"]
     seeds = len(d["seeds"])
     table = TableSpec(
-        f"{name}: test metrics over {seeds} seed{'s' if seeds > 1 else ''}, mean [95% t interval]; * the best mean; "
-        f"RLN - method: paired over seeds, in {NAMES[primary]}",
+        f"{name}: test metrics over {plural(seeds, 'seed')}, mean [95% Student's t interval: with few seeds it can "
+        f"pass a metric's bounds]; * the best mean; RLN - method: paired over seeds, in {NAMES[primary]}",
         ["method", *(f"{NAMES[m]} ({'lower' if m in LOWER_IS_BETTER else 'higher'} is better)" for m in metrics),
          f"RLN - method ({NAMES[primary]})", "seconds"],
     )  # fmt: skip
@@ -49,13 +53,39 @@ def dataset_table(name: str, d: dict[str, Any]) -> TableSpec:
     return table
 
 
+def settings_table(datasets: dict[str, Any]) -> TableSpec:
+    """The setting each method chose on each data set, seed by seed (what to try on the same data)."""
+    table = TableSpec(
+        "The settings chosen on validation, per seed (lr: RMSprop's learning rate; Theta: RLN's mean "
+        "log-coefficient, natural log; log10 nu: its coefficients' learning rate)",
+        ["data set", "method", "chosen settings, seed by seed"],
+    )
+    for name, d in datasets.items():
+        for v in d["methods"].values():
+            if not v["params"]:
+                continue
+            keys = list(v["params"][0])
+            cells = "; ".join(
+                f"{PARAM_NAMES.get(k, k)} " + ", ".join(_param(k, p[k]) for p in v["params"]) for k in keys
+            )
+            table.add(name, v["label"], cells)
+    return table
+
+
+PARAM_NAMES = {"theta": "Theta", "log10_nu": "log10 nu", "l1": "L1", "weight_decay": "weight decay"}
+
+
+def _param(key: str, value: float) -> str:
+    return f"{value:.1f}" if key in ("theta", "log10_nu") else f"{value:.3g}"
+
+
 def _word(o: str) -> str:
     return {"win": "(RLN better)", "loss": "(RLN worse)", "tie": "(no clear difference)"}[o]
 
 
 def summary_table(summary: dict[str, Any], datasets: int) -> TableSpec:
     table = TableSpec(
-        f"Summary over {datasets} data set{'s' if datasets > 1 else ''}: RLN against each method on the primary "
+        f"Summary over {plural(datasets, 'data set')}: RLN against each method on the primary "
         "metric (RMSE, log loss), counted only where the paired 95% interval excludes 0; mean rank (1 = best)",
         ["method", "RLN better", "no clear difference", "RLN worse", "mean rank"],
     )
@@ -170,11 +200,17 @@ def tables(report: dict[str, Any]) -> list[TableSpec]:
     out = [dataset_table(name, d) for name, d in datasets.items()]
     if datasets:
         out += [summary_table(report["summary"], len(datasets)), features_table(datasets), time_table(datasets)]
+        out.append(settings_table(datasets))
     return out
 
 
 def show_tabular(report: dict[str, Any], console: Console) -> None:
-    for table in tables(report):
+    """The tables and verdicts on the terminal; the settings table only for a CSV file (the
+    question there is which settings to use; for the built-in sets it is in report.md)."""
+    shown = tables(report)
+    if not any(d["kind"] == "csv" for d in report["datasets"].values()):
+        shown = shown[:-1] if report["datasets"] else shown
+    for table in shown:
         console.print(table.rich())
     for line in verdict_lines(report):
         console.print(line.replace("**", ""), markup=False, highlight=False)
@@ -187,7 +223,7 @@ def tabular_markdown(report: dict[str, Any], figures: list[str]) -> str:
     lines = [
         "## Tabular data: RLN against the regularizers and the trees (`torch-rln bench tabular`)",
         "",
-        f"Command: `{report['command']}`. {len(report['datasets'])} data sets, "
+        f"Command: `{report['command']}`. {plural(len(report['datasets']), 'data set')}, "
         f"seeds {', '.join(map(str, s['seeds']))}; "
         f"{s['trials']} Optuna TPE trials per method, data set and seed, on a validation split; the chosen setting "
         "trained once more and the test split scored once. MLPs: depth "

@@ -38,7 +38,7 @@ from .datasets import DATASETS, Table, load
 from .methods import GB_MAX_ITER, METHODS
 from .plots import features_plot, scores_plot
 from .protocol import DatasetRun, Events, Settings
-from .report import show_tabular, tabular_markdown
+from .report import plural, show_tabular, tabular_markdown
 from .trainer import Schedule
 from .verdicts import verdicts
 
@@ -256,7 +256,8 @@ def _run_tabular(args: argparse.Namespace, device: str, out: Path, console: Cons
     command = command_of(args)
     console.rule("[bold]Tabular data: RLN against the regularizers and the trees")
     console.print(
-        f"{len(tables)} data sets ({', '.join(t.name for t in tables)}), seeds {', '.join(map(str, settings.seeds))}, "
+        f"{plural(len(tables), 'data set')} ({', '.join(t.name for t in tables)}), "
+        f"seeds {', '.join(map(str, settings.seeds))}, "
         f"{settings.trials} trials per method, data set and seed, device {device}, storage "
         f"{'(given with --storage)' if args.storage else url}"
     )
