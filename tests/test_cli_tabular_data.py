@@ -158,6 +158,18 @@ def test_csv_task_inference_and_text_labels(tmp_path):
     assert read_csv(tmp_path / "k.csv", "k", task="regression").task == "regression"
 
 
+def test_csv_decimal_commas_and_identifier_columns(tmp_path):
+    rows = ["id;size;note;y"] + [f"P{i:04d};{i % 7},5;n{i % 40};{i * 0.25:.2f}".replace(".", ",") for i in range(50)]
+    table = read_csv(write(tmp_path / "eu.csv", "\n".join(rows)), "y")
+    assert table.task == "regression" and table.numeric_names == ["size"] and table.categorical_names == ["note"]
+    np.testing.assert_allclose(table.numeric[:3, 0], [0.5, 1.5, 2.5])
+    np.testing.assert_allclose(table.y[:3], [0.0, 0.25, 0.5])
+    notes = " ".join(table.notes)
+    assert "decimal commas read as numbers" in notes and "size" in notes
+    assert "different value in every row dropped" in notes and ": id" in notes
+    assert "an identifier or free text" in notes and "note (40 values)" in notes
+
+
 def test_csv_impute(tmp_path):
     text = good_csv(tmp_path).read_text().splitlines()
     text[3] = ",".join(["", *text[3].split(",")[1:]])

@@ -51,7 +51,7 @@ def _number(text: str) -> float | None:
     return value
 
 
-def _read_rows(path: Path) -> list[list[str]]:
+def _read_rows(path: Path) -> tuple[list[list[str]], str]:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -74,7 +74,7 @@ def _read_rows(path: Path) -> list[list[str]]:
         rows = [row for row in csv.reader(text.splitlines(), dialect) if any(cell.strip() for cell in row)]
     except csv.Error as error:
         raise InputError(f"{path}: not a readable CSV file ({error})") from None
-    return rows
+    return rows, str(dialect.delimiter)
 
 
 def _header(path: Path, rows: list[list[str]]) -> list[str]:
@@ -107,6 +107,16 @@ def _column(cells: list[str]) -> tuple[np.ndarray | None, np.ndarray]:
     return values, missing
 
 
+def _numbers(cells: list[str], delimiter: str) -> tuple[np.ndarray | None, np.ndarray, bool]:
+    """``(numbers, missing, decimal_comma)``: :func:`_column`, and where the delimiter is not a
+    comma, a column of numbers written with decimal commas (``1,5``) read as numbers too."""
+    values, missing = _column(cells)
+    if values is None and delimiter != ",":
+        values, missing = _column([c.replace(",", ".", 1) if c.count(",") == 1 and "." not in c else c for c in cells])
+        return values, missing, values is not None
+    return values, missing, False
+
+
 def _infer_task(values: np.ndarray | None) -> tuple[str, str]:
     """The task and why, for a target column (None: not numeric)."""
     if values is None:
@@ -119,8 +129,8 @@ def _infer_task(values: np.ndarray | None) -> tuple[str, str]:
     )
 
 
-def _target(path: Path, name: str, cells: list[str], task: str | None) -> tuple[np.ndarray, str, str]:
-    values, missing = _column(cells)
+def _target(path: Path, name: str, cells: list[str], task: str | None, delimiter: str) -> tuple[np.ndarray, str, str]:
+    values, missing, _ = _numbers(cells, delimiter)
     if missing.any():
         raise InputError(
             f"{path}: the target column {name!r} has {int(missing.sum())} missing values (rows "
@@ -172,7 +182,7 @@ def read_csv(path: str | Path, target: str, task: str | None = None, impute: str
         raise InputError(f"--task {task}: expected one of {', '.join(TASKS)}")
     if impute is not None and impute not in IMPUTE:
         raise InputError(f"--impute {impute}: expected one of {', '.join(IMPUTE)}")
-    rows = _read_rows(path)
+    rows, delimiter = _read_rows(path)
     names = _header(path, rows)
     if target not in names:
         shown = ", ".join(repr(n) for n in names[:12]) + (", ..." if len(names) > 12 else "")
@@ -181,13 +191,16 @@ def read_csv(path: str | Path, target: str, task: str | None = None, impute: str
     if not body:
         raise InputError(f"{path}: a header and no data rows")
     columns = {name: [row[k] for row in body] for k, name in enumerate(names)}
-    y, task, task_note = _target(path, target, columns.pop(target), task)
+    y, task, task_note = _target(path, target, columns.pop(target), task, delimiter)
     unnamed = [n for n in columns if n.startswith("unnamed_") and n not in [c.strip() for c in rows[0]]]
 
     numeric, numeric_names, categorical, categorical_names = [], [], [], []
     missing_counts: dict[str, int] = {}
+    decimal_commas, many_levels, identifiers = [], [], []
     for name, cells in columns.items():
-        values, missing = _column(cells)
+        values, missing, decimal_comma = _numbers(cells, delimiter)
+        if decimal_comma:
+            decimal_commas.append(name)
         if missing.any():
             missing_counts[name] = int(missing.sum())
         if values is not None:
@@ -196,8 +209,15 @@ def read_csv(path: str | Path, target: str, task: str | None = None, impute: str
             numeric.append(values)
             numeric_names.append(name)
         else:
+            present = [c for c, m in zip(cells, missing, strict=True) if not m]
+            levels = len(set(present))
+            if levels == len(present) > 20:  # a value per row: no category recurs, one-hot learns nothing
+                identifiers.append(name)
+                continue
             categorical.append(np.array([None if m else c for c, m in zip(cells, missing, strict=True)], dtype=object))
             categorical_names.append(name)
+            if levels > max(20, len(cells) // 2):
+                many_levels.append(f"{name} ({levels} values)")
     n = len(body)
     table = Table(
         path.stem,
@@ -211,6 +231,18 @@ def read_csv(path: str | Path, target: str, task: str | None = None, impute: str
         categorical_names=categorical_names,
         notes=[task_note],
     )
+    if decimal_commas:
+        table.notes.append(f"decimal commas read as numbers (e.g. 1,5 as 1.5): {', '.join(decimal_commas)}")
+    if identifiers:
+        table.notes.append(
+            f"text column{'s' if len(identifiers) > 1 else ''} with a different value in every row dropped (an "
+            f"identifier? one-hot encoding learns nothing from it): {', '.join(identifiers)}"
+        )
+    if many_levels:
+        table.notes.append(
+            "text columns with a value for nearly every row, one-hot encoded all the same (an identifier or free "
+            f"text? remove it if so): {', '.join(many_levels)}"
+        )
     if unnamed:
         table.notes.append(
             f"column{'s' if len(unnamed) > 1 else ''} without a name used as input{'s' if len(unnamed) > 1 else ''} "
