@@ -220,6 +220,7 @@ def show_tabular(report: dict[str, Any], console: Console) -> None:
 
 def tabular_markdown(report: dict[str, Any], figures: list[str]) -> str:
     s = report["settings"]
+    batch = s["batch_size"] or "max(32, training rows / 10)"
     lines = [
         "## Tabular data: RLN against the regularizers and the trees (`torch-rln bench tabular`)",
         "",
@@ -227,7 +228,7 @@ def tabular_markdown(report: dict[str, Any], figures: list[str]) -> str:
         f"seeds {', '.join(map(str, s['seeds']))}; "
         f"{s['trials']} Optuna TPE trials per method, data set and seed, on a validation split; the chosen setting "
         "trained once more and the test split scored once. MLPs: depth "
-        f"{s['depth']}, the tutorial's geometric widths, RMSprop, batch {s['batch_size']}, at most {s['max_epochs']} "
+        f"{s['depth']}, the tutorial's geometric widths, RMSprop, batch {batch}, at most {s['max_epochs']} "
         f"epochs, early-stopped on validation (patience {s['patience']}). {report['seconds']:.0f} s.",
         "",
     ]

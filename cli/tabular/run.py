@@ -59,7 +59,7 @@ PRESETS = {
     "quick": Preset(("friedman1", "breast_cancer_noise"), 2, 2, Schedule(max_epochs=3, patience=2), 2, 20),
     "default": Preset(("boston_noise", "diabetes_noise", "friedman1", "make_classification"), 3, 16),
     "suite": Preset(("boston_noise", "friedman1"), 3, 8),
-    "full": Preset(DATASETS, 5, 24),
+    "full": Preset(DATASETS, 5, 20, ask_batch=10),
 }
 FULL_COMMAND = "torch-rln bench tabular --full --out runs/tabular-full"
 

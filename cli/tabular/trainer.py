@@ -59,14 +59,25 @@ class Copies:
         return len(self.slot)
 
 
+MIN_BATCH = 32
+STEPS_PER_EPOCH = 10
+
+
 @dataclass(frozen=True)
 class Schedule:
     """How long and how every copy trains."""
 
     depth: int = 3
-    batch_size: int = 32
+    batch_size: int | None = None  # None: max(MIN_BATCH, ceil(training rows / STEPS_PER_EPOCH))
     max_epochs: int = 100
     patience: int = 10  # a copy stops once its validation loss has not improved for this many epochs
+
+    def batch(self, n_train: int) -> int:
+        """The batch for a training split of ``n_train`` rows: ``batch_size`` if set, else about
+        :data:`STEPS_PER_EPOCH` steps per epoch and at least :data:`MIN_BATCH` rows (32 for
+        the small sets; digits' 1078 rows take 108: each step also updates every weight and
+        its optimizer state, which on the widest sets costs more than the batch itself)."""
+        return self.batch_size or max(MIN_BATCH, -(-n_train // STEPS_PER_EPOCH))
 
 
 @dataclass
@@ -269,7 +280,7 @@ def train(
     saved = BestWeights(stack.model) if keep_best else None
     epoch = 0
     for epoch in range(1, schedule.max_epochs + 1):
-        stack.epoch(data, schedule.batch_size)
+        stack.epoch(data, schedule.batch(data.x_train.shape[1]))
         ids = torch.tensor(stack.ids, dtype=torch.long)
         trained_epochs[ids] = epoch
         val = stack.validation_loss(data.task)
