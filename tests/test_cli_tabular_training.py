@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from torch_rln_cli.tabular.network import StackedMLP, widths
-from torch_rln_cli.tabular.optimizer import StackedRMSprop, make_optimizer, rln_groups, rln_parts
+from torch_rln_cli.tabular.optimizer import StackedRMSprop, make_optimizer, per_copy_settings, rln_groups, rln_parts
 from torch_rln_cli.tabular.trainer import Copies, Schedule, Splits, per_copy_loss, train
 
 from torch_rln import RLNOptimizer
@@ -34,7 +34,7 @@ def test_widths_are_the_tutorials_for_one_output_and_end_at_the_classes_otherwis
 
 def test_rln_parts_give_each_rln_copy_a_tensor():
     assert rln_parts(6, {}) == [6]
-    assert rln_parts(6, {2: (-10.0, 6.0), 3: (-9.0, 5.0)}) == [2, 1, 1, 2]
+    assert rln_parts(6, {2: (-10.0, 6.0), 3: (-9.0, 5.0)}, joint=False) == [2, 1, 1, 2]
     tensors = [torch.zeros(n, 3, 4) for n in (2, 1, 1, 2)]
     groups = rln_groups(tensors, [2, 1, 1, 2], {2: (-10.0, 6.0), 3: (-9.0, 5.0)})
     assert [g["params"][0] is t for g, t in zip(groups, tensors[1:3], strict=True)] == [True, True]
@@ -188,38 +188,39 @@ def test_eliminated_inputs_come_from_rln_stats():
     assert trained.eliminated[1, 6:].all() and not trained.eliminated[0].any()
 
 
-def _per_copy_settings_supported():
-    w = torch.nn.Parameter(torch.zeros(2, 3, 4))
-    try:
-        RLNOptimizer(torch.optim.SGD([w], lr=0.1), params=[w], avg_reg=[-8.0, -9.0], reg_lr=[1e5, 1e6], batch_dims=1)
-    except (TypeError, ValueError):
-        return False
-    return True
+def test_rln_parts_with_a_theta_and_nu_per_copy():
+    """With per-copy settings in the library, each run of RLN copies is one tensor and one group."""
+    rln = {2: (-10.0, 6.0), 3: (-9.0, 5.0), 5: (-8.0, 7.0)}
+    assert rln_parts(6, rln, joint=False) == [2, 1, 1, 1, 1]
+    assert rln_parts(6, rln, joint=True) == [2, 2, 1, 1]
+    tensors = [torch.zeros(n, 3, 4) for n in (2, 2, 1, 1)]
+    groups = rln_groups(tensors, [2, 2, 1, 1], rln)
+    assert [g["params"][0] is t for g, t in zip(groups, [tensors[1], tensors[3]], strict=True)] == [True, True]
+    assert groups[0]["avg_reg"] == [-10.0, -9.0] and groups[0]["reg_lr"] == [1e6, 1e5]
+    assert groups[1]["avg_reg"] == -8.0 and groups[1]["reg_lr"] == 1e7
 
 
-@pytest.mark.skipif(not _per_copy_settings_supported(), reason="RLNOptimizer takes one Theta and nu per group here")
-def test_per_copy_rln_settings_equal_one_tensor_per_copy():
-    """Once the library takes a Theta and a nu per copy: one tensor of every RLN copy with
-    per-copy lists trains as one tensor per copy (what rln_parts does without it)."""
-    settings = {0: (-8.0, 6.0), 1: (-6.0, 5.0), 2: (-7.0, 6.5)}
-    gens = [torch.Generator().manual_seed(s) for s in range(3)]
-    split = StackedMLP([6, 5, 1], [1, 1, 1], gens)
-    joint = StackedMLP([6, 5, 1], [3], [torch.Generator().manual_seed(s) for s in range(3)])
-    lr = torch.full((3,), 1e-2)
-    opt_split = make_optimizer(split, lr, None, [1, 1, 1], settings)
-    inner = StackedRMSprop([
-        {"params": [joint.first[0]], "lr": lr, "weight_decay": None},
-        {"params": [*joint.weights, *joint.biases], "lr": lr, "weight_decay": None},
-    ])  # fmt: skip
-    opt_joint = RLNOptimizer(
-        inner, params=[joint.first[0]], avg_reg=[s[0] for s in settings.values()],
-        reg_lr=[10.0 ** s[1] for s in settings.values()], batch_dims=1, compile=False,
+@pytest.mark.skipif(not per_copy_settings(), reason="RLNOptimizer takes one Theta and nu per group here")
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_one_tensor_of_rln_copies_trains_as_one_tensor_per_copy(monkeypatch, keep_best):
+    """Once the library takes a Theta and a nu per copy, the stack with one tensor for all RLN
+    copies trains as the stack with one tensor per RLN copy (and as each copy alone); without
+    keep_best, stopped copies are dropped from the joint tensor too."""
+    from torch_rln_cli.tabular import optimizer, trainer
+
+    data = splits("regression")
+    copies = Copies(
+        slot=[0, 1, 0, 1, 0], init_seed=[31, 32, 33, 34, 35], lr=[1e-2, 3e-3, 1e-2, 2e-2, 5e-3],
+        rln={1: (-7.0, 6.0), 2: (-6.0, 5.0), 3: (-8.0, 6.5)},
     )  # fmt: skip
-    g = torch.Generator().manual_seed(5)
-    for _ in range(20):
-        x = torch.randn(16, 6, generator=g)
-        for m, o in ((split, opt_split), (joint, opt_joint)):
-            o.zero_grad()
-            ((m(x.expand(3, -1, -1)) - x[:, :1]) ** 2).mean(dim=(1, 2)).sum().backward()
-            o.step()
-    torch.testing.assert_close(split.first_weight(), joint.first_weight(), rtol=1e-5, atol=1e-6)
+    schedule = Schedule(depth=2, batch_size=16, max_epochs=10, patience=2)
+    results = {}
+    for joint in (True, False):
+        monkeypatch.setattr(optimizer, "per_copy_settings", lambda joint=joint: joint)
+        monkeypatch.setattr(trainer, "rln_parts", lambda n, rln, joint=joint: optimizer.rln_parts(n, rln, joint))
+        results[joint] = train(copies, data, schedule, keep_best=keep_best)
+    assert results[True].best_epoch == results[False].best_epoch
+    assert results[True].best_loss == pytest.approx(results[False].best_loss, rel=1e-5)
+    if keep_best:
+        torch.testing.assert_close(results[True].model.first_weight(), results[False].model.first_weight())
+        assert torch.equal(results[True].eliminated, results[False].eliminated)

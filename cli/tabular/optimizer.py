@@ -11,6 +11,7 @@ matrices, not the biases). It is a ``torch.optim.Optimizer``, so ``RLNOptimizer`
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -58,30 +59,56 @@ class StackedRMSprop(torch.optim.Optimizer):
 RlnSettings = dict[int, tuple[float, float]]  # copy -> (Theta, log10 nu)
 
 
-def rln_parts(copies: int, rln: RlnSettings) -> list[int]:
-    """How the first layer's copies are split into tensors: each RLN copy a tensor of its own
-    (its own param group, so its own Theta and nu), the other copies in runs between them.
+@functools.cache
+def per_copy_settings() -> bool:
+    """Whether this ``RLNOptimizer`` takes a Theta and a nu per copy (lists, with ``batch_dims=1``)."""
+    w = torch.nn.Parameter(torch.zeros(2, 2, 2))
+    try:
+        group = {"params": [w], "avg_reg": [-8.0, -9.0], "reg_lr": [1e5, 1e6], "batch_dims": 1}  # as rln_groups makes
+        RLNOptimizer(torch.optim.SGD([w], lr=0.1), params=[group], compile=False)
+    except (TypeError, ValueError):
+        return False
+    return True
 
-    ``RLNOptimizer`` takes one Theta and one nu per param group, and a tensor of stacked
-    copies (``batch_dims=1``) trains each copy as a separate optimizer would, with its
-    group's settings. Once the library takes a list of settings per copy, a run of RLN
-    copies becomes one tensor and one group: this function and :func:`rln_groups` are the
-    two to switch.
+
+def rln_parts(copies: int, rln: RlnSettings, joint: bool | None = None) -> list[int]:
+    """How the first layer's copies are split into tensors, RLN copies apart from the others.
+
+    ``joint`` (default: :func:`per_copy_settings`): a run of consecutive RLN copies is one
+    tensor, one param group with a Theta and a nu per copy. Otherwise each RLN copy is a
+    tensor and a param group of its own (``RLNOptimizer`` then takes one Theta and one nu
+    per group). Either way a tensor of stacked copies (``batch_dims=1``) trains each copy as
+    a separate optimizer would; the runs of other copies lie between.
     """
-    cuts = sorted({0, copies, *rln, *(c + 1 for c in rln)})
-    return [b - a for a, b in itertools.pairwise(cuts)]
+    joint = per_copy_settings() if joint is None else joint
+    cuts = {0, copies}
+    for c in range(copies):
+        if c in rln and (not joint or c - 1 not in rln):
+            cuts.add(c)  # an RLN run starts (or, one tensor per RLN copy, every RLN copy)
+        if c in rln and (not joint or c + 1 not in rln):
+            cuts.add(c + 1)
+    return [b - a for a, b in itertools.pairwise(sorted(cuts))]
 
 
 def rln_groups(first: Sequence[Tensor], parts: Sequence[int], rln: RlnSettings) -> list[dict[str, Any]]:
     """The ``RLNOptimizer`` param groups for the first-layer tensors ``first`` (split as
-    :func:`rln_parts` says): one group per RLN copy, with its Theta and nu, ``batch_dims=1``."""
+    :func:`rln_parts` says): one group per RLN part, ``batch_dims=1``, with its copies'
+    Theta and nu (a list where the part holds several copies)."""
     groups, start = [], 0
     for tensor, size in zip(first, parts, strict=True):
         if start in rln:
-            if size != 1:
-                raise ValueError(f"an RLN part of {size} copies: each RLN copy needs a tensor of its own")
-            theta, log10_nu = rln[start]
-            groups.append({"params": [tensor], "avg_reg": theta, "reg_lr": 10.0**log10_nu, "batch_dims": 1})
+            settings = [rln[c] for c in range(start, start + size)]
+            theta = [t for t, _ in settings]
+            nu = [10.0**n for _, n in settings]
+            one = size == 1
+            groups.append(
+                {
+                    "params": [tensor],
+                    "avg_reg": theta[0] if one else theta,
+                    "reg_lr": nu[0] if one else nu,
+                    "batch_dims": 1,
+                }
+            )
         start += size
     return groups
 

@@ -227,23 +227,17 @@ class _Stack:
         old = self.optimizer.state_dict()["state"]
         index = torch.tensor(keep, dtype=torch.long)
         first_old, first_new = len(self.model.first), len(new.model.first)
+        # the first layer: every state tensor of every part, copy by copy (RLN's on the RLN parts alone)
+        per_copy: list[dict[str, Tensor]] = []
+        for i, size in enumerate(self.parts):
+            per_copy += [{k: v[j : j + 1] for k, v in old.get(i, {}).items()} for j in range(size)]
         state: dict[int, dict[str, Any]] = {}
-        # the first layer: the parts' inner state together, copy by copy; RLN's per RLN copy (a part each)
-        inner = [k for k in old.get(0, {}) if not k.startswith("rln_")]
-        joined = {
-            k: torch.cat([old[i][k] for i in range(first_old)])
-            for k in inner
-            if all(i in old for i in range(first_old))
-        }
-        pieces = {k: v[index.to(v.device)].split(new.parts) for k, v in joined.items()}
-        old_part_of = [i for i, size in enumerate(self.parts) for _ in range(size)]
         start = 0
         for j, size in enumerate(new.parts):
-            entry = {k: pieces[k][j].clone() for k in pieces}
-            if start in new.copies.rln:
-                entry.update({k: v for k, v in old.get(old_part_of[keep[start]], {}).items() if k.startswith("rln_")})
-            if entry:
-                state[j] = entry
+            members = [per_copy[keep[c]] for c in range(start, start + size)]
+            keys = set.intersection(*(set(m) for m in members))
+            if keys:
+                state[j] = {k: torch.cat([m[k] for m in members]).clone() for k in sorted(keys)}
             start += size
         for k in range(len(self.model.weights) + len(self.model.biases)):
             if first_old + k in old:
