@@ -260,6 +260,40 @@ def test_a_rerun_resumes_and_trains_nothing_again(quick_run, capsys):
     assert after["seconds"] < before["seconds"]
 
 
+def test_an_interrupted_run_keeps_its_trials_and_a_rerun_finishes(tmp_path, monkeypatch):
+    """Ctrl-C in the second round of MLP trials: exit 130, the first round's trials kept; the
+    rerun fails the interrupted trials, keeps the finished ones as they were and completes."""
+    argv = [*QUICK, "--datasets", "friedman1", "--seeds", "1", "--trials", "4", "--out", str(tmp_path)]
+    real_train = protocol.train
+    calls = []
+
+    def interrupt_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(protocol, "train", interrupt_second)
+    assert cli_main.main(argv) == 130
+    assert json.loads((tmp_path / "tabular.json").read_text())["interrupted"] is True
+    storage = f"sqlite:///{tmp_path / 'optuna-tabular.db'}"
+    before = {s.study_name: {t.number: (t.state, t.value) for t in s.trials} for s in all_studies(storage)}
+    nn = [name for name in before if "-rln-" in name or "-none-" in name]
+    assert all(sum(state == optuna.trial.TrialState.COMPLETE for state, _ in before[n].values()) == 2 for n in nn)
+    monkeypatch.setattr(protocol, "train", real_train)
+    assert cli_main.main(argv) == 0
+    for study in all_studies(storage):
+        after = {t.number: (t.state, t.value) for t in study.trials}
+        for number, (state, value) in before.get(study.study_name, {}).items():
+            if state == optuna.trial.TrialState.COMPLETE:
+                assert after[number] == (state, value)  # never run again
+            elif state == optuna.trial.TrialState.RUNNING:
+                assert after[number][0] == optuna.trial.TrialState.FAIL  # the interrupted ones
+        assert sum(state == optuna.trial.TrialState.COMPLETE for state, _ in after.values()) == 4
+    report = json.loads((tmp_path / "tabular.json").read_text())
+    assert report["interrupted"] is False and set(report["datasets"]["friedman1"]["methods"]) == set(METHODS)
+
+
 def worker(storage, out, name):
     argv = [sys.executable, "-m", "torch_rln_cli", "bench", "tabular", "--quick", "--no-compile", "--device", "cpu",
             "--datasets", "friedman1", "--seeds", "1", "--trials", "3", "--storage", storage, "--study-name", name, "--heartbeat", "2",
