@@ -131,6 +131,15 @@ def _l1_logistic(c: float, multiclass: bool) -> Any:
     return OneVsRestClassifier(model) if multiclass else model
 
 
+def one_thread() -> Any:
+    """scikit-learn's OpenMP on one thread, as the MLPs train on one torch thread: on a 2-core
+    CPU shared with other work, HistGradientBoosting's second thread spun on a busy core and a
+    5-round fit of 100 rows took 5 s. Use several workers (``--storage``) for more cores."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="openmp")
+
+
 def fit_sklearn(
     name: str,
     params: dict[str, float],
@@ -145,6 +154,22 @@ def fit_sklearn(
 ) -> Any:
     """Fit the scikit-learn method ``name`` on the training rows; HistGradientBoosting stops
     early on the validation rows (the only use of them here besides the score)."""
+    with one_thread():
+        return _fit(name, params, task, classes, x_train, y_train, x_val, y_val, seed, gb_max_iter)
+
+
+def _fit(
+    name: str,
+    params: dict[str, float],
+    task: str,
+    classes: int,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    seed: int,
+    gb_max_iter: int,
+) -> Any:
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import Lasso
@@ -199,8 +224,6 @@ def sklearn_importance(name: str, model: Any) -> np.ndarray | None:
 
 def predict(model: Any, task: str, x: np.ndarray) -> np.ndarray:
     """Regression: predictions (standardized scale); classification: class probabilities ``(n, K)``."""
-    if task == "regression":
-        out: np.ndarray = model.predict(x)
-        return out
-    probabilities: np.ndarray = model.predict_proba(x)
-    return probabilities
+    with one_thread():
+        out: np.ndarray = model.predict(x) if task == "regression" else model.predict_proba(x)
+    return out
