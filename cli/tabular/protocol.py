@@ -2,10 +2,11 @@
 
 Per seed (:mod:`.prepare`): split the rows 60 / 20 / 20 into training, validation and
 test (stratified for classification), and fit every input transform on the training
-rows. Per (method, seed): an Optuna study of exactly ``trials`` trials, each scored on the
-validation split (:mod:`.tuning`); then the best trial's setting is trained once more on
-the training split (early-stopped on the validation split, as every trial was), and the
-test split is scored once. A seed's studies see its training and validation rows alone:
+rows. Per (method, seed): an Optuna study of exactly ``trials`` trials, each trained on the
+training split and early-stopped and scored on the validation split (:mod:`.tuning`);
+then the best trial's setting is trained once more, from that trial's own seed (so the
+MLP is the chosen trial's model again, kept at its best validation epoch), and the test
+split is scored once. A seed's studies see its training and validation rows alone:
 each seed has its own split, so one seed's test rows are another's training rows, and a
 study shared across seeds would let them steer the tuning.
 
@@ -41,6 +42,8 @@ from .prepare import Prepared, classes_of, prepare
 from .trainer import Copies, Schedule, Splits, Trained, train
 from .tuning import Studies, sampler_seed, study_name
 
+PROTOCOL = "tabular-v1"  # part of every study's fingerprint: change it when what a trial measures changes
+
 
 @dataclass
 class Settings:
@@ -73,7 +76,7 @@ def nn_task(table: Table, classes: int) -> str:
 
 
 def fingerprint(table: Table, settings: Settings, digest: str | None = None) -> str:
-    """What a trial measures, in 10 hex digits: the data (or the CSV's digest), the split,
+    """What a trial measures, in 8 hex digits: the data (or the CSV's digest), the split,
     the network and its training schedule. Studies of another fingerprint are other studies."""
     s = settings.schedule
     if digest is None:
@@ -81,8 +84,8 @@ def fingerprint(table: Table, settings: Settings, digest: str | None = None) -> 
         h.update(np.asarray(table.y).astype(str).tobytes())
         h.update(repr((table.inputs, table.categorical.tolist())).encode())
         digest = h.hexdigest()
-    key = (digest, table.task, s.depth, s.batch_size, s.max_epochs, s.patience, settings.impute, settings.gb_max_iter)
-    return f"{sampler_seed(*key):08x}"[:10]
+    key = (PROTOCOL, digest, table.task, s.depth, s.batch_size, s.max_epochs, s.patience, settings.impute)
+    return f"{sampler_seed(*key, settings.gb_max_iter):08x}"
 
 
 def _shares(seconds: float, epochs: list[int]) -> list[float]:
@@ -117,6 +120,7 @@ class DatasetRun:
                 self.study[method, seed] = studies.open(name)
         self.device = torch.device(settings.device)
         self.splits = self._splits()
+        self.started = False
 
     def _splits(self) -> Splits:
         seeds = self.settings.seeds
@@ -234,9 +238,11 @@ class DatasetRun:
     def tune(self) -> bool:
         """Run trials until every study has its budget; False if other workers still hold some
         of the remaining trials (come back later), True when all are done."""
-        self.events.log(
-            f"{self.table.name}: tuning {len(self.settings.methods)} methods x {len(self.settings.seeds)} seeds"
-        )
+        if not self.started:
+            self.started = True
+            self.events.log(
+                f"{self.table.name}: tuning {len(self.settings.methods)} methods x {len(self.settings.seeds)} seeds"
+            )
         while self.nn_round():
             pass
         self.sklearn_trials()

@@ -227,7 +227,7 @@ def tabular_markdown(report: dict[str, Any], figures: list[str]) -> str:
         f"Command: `{report['command']}`. {plural(len(report['datasets']), 'data set')}, "
         f"seeds {', '.join(map(str, s['seeds']))}; "
         f"{s['trials']} Optuna TPE trials per method, data set and seed, on a validation split; the chosen setting "
-        "trained once more and the test split scored once. MLPs: depth "
+        "trained once more from its trial's seed and the test split scored once. MLPs: depth "
         f"{s['depth']}, the tutorial's geometric widths, RMSprop, batch {batch}, at most {s['max_epochs']} "
         f"epochs, early-stopped on validation (patience {s['patience']}). {report['seconds']:.0f} s.",
         "",
