@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         bench.add_argument_group(
             "tabular experiment",
             "also --trials (per method, data set and seed), --seeds, --epochs (the most per MLP, early-stopped), "
-            "--batch-size, --storage, --study-name and --heartbeat",
+            "--batch-size, --no-compile, --storage, --study-name and --heartbeat",
         )
     )
     return parser

@@ -43,8 +43,18 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
-def test_the_argument_list_names_every_loader():
+def test_the_argument_list_names_every_loader_and_the_help_the_presets():
+    from torch_rln_cli.tabular.run import PRESETS
+
     assert DATASET_NAMES == datasets.DATASETS == tuple(EXPECTED)
+    help_text = " ".join(cli_main.build_parser()._subparsers._group_actions[0].choices["bench"].format_help().split())
+    assert "default: " + ", ".join(PRESETS["default"].datasets) in help_text
+    full, default, suite = PRESETS["full"], PRESETS["default"], PRESETS["suite"]
+    assert (
+        f"{full.seeds} seeds, {full.trials} trials (default: {default.seeds} seeds, {default.trials} trials"
+        in help_text
+    )
+    assert f"{' and '.join(suite.datasets)}, {suite.trials} trials" in help_text
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))

@@ -39,9 +39,15 @@ def add_tabular_arguments(group: argparse._ArgumentGroup) -> None:
         "--datasets",
         type=_datasets,
         metavar="NAME,...",
-        help=f"the data sets to run (default: a subset that fits in minutes; --full: all): {', '.join(DATASET_NAMES)}",
+        help="the data sets to run (default: boston_noise, diabetes_noise, friedman1, make_classification; "
+        f"--full: all): {', '.join(DATASET_NAMES)}",
     )
-    group.add_argument("--full", action="store_true", help="every data set, 5 seeds, the full trial budget")
+    group.add_argument(
+        "--full",
+        action="store_true",
+        help="every data set, 5 seeds, 20 trials (default: 3 seeds, 16 trials; in `torch-rln bench`: "
+        "boston_noise and friedman1, 8 trials)",
+    )
     group.add_argument("--csv", metavar="PATH", help="your own data: a CSV file (with --target)")
     group.add_argument("--target", metavar="COLUMN", help="the CSV's target column")
     group.add_argument(
