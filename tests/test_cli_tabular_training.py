@@ -6,8 +6,9 @@ import math
 
 import pytest
 import torch
+from torch_rln_cli.tabular import trainer
 from torch_rln_cli.tabular.network import StackedMLP, widths
-from torch_rln_cli.tabular.optimizer import StackedRMSprop, make_optimizer, per_copy_settings, rln_groups, rln_parts
+from torch_rln_cli.tabular.optimizer import StackedRMSprop, make_optimizer, rln_groups, rln_parts
 from torch_rln_cli.tabular.trainer import Copies, Schedule, Splits, per_copy_loss, train
 
 from torch_rln import RLNOptimizer
@@ -32,13 +33,18 @@ def test_widths_are_the_tutorials_for_one_output_and_end_at_the_classes_otherwis
     assert widths(10, 1, 3) == [5, 2]
 
 
-def test_rln_parts_give_each_rln_copy_a_tensor():
+def test_each_run_of_rln_copies_is_one_tensor_with_a_theta_and_nu_per_copy():
     assert rln_parts(6, {}) == [6]
-    assert rln_parts(6, {2: (-10.0, 6.0), 3: (-9.0, 5.0)}, joint=False) == [2, 1, 1, 2]
-    tensors = [torch.zeros(n, 3, 4) for n in (2, 1, 1, 2)]
-    groups = rln_groups(tensors, [2, 1, 1, 2], {2: (-10.0, 6.0), 3: (-9.0, 5.0)})
-    assert [g["params"][0] is t for g, t in zip(groups, tensors[1:3], strict=True)] == [True, True]
-    assert [(g["avg_reg"], g["reg_lr"], g["batch_dims"]) for g in groups] == [(-10.0, 1e6, 1), (-9.0, 1e5, 1)]
+    rln = {2: (-10.0, 6.0), 3: (-9.0, 5.0), 5: (-8.0, 7.0)}
+    assert rln_parts(6, rln) == [2, 2, 1, 1]
+    tensors = [torch.zeros(n, 3, 4) for n in (2, 2, 1, 1)]
+    groups = rln_groups(tensors, [2, 2, 1, 1], rln)
+    assert [g["params"][0] is t for g, t in zip(groups, [tensors[1], tensors[3]], strict=True)] == [True, True]
+    assert [(g["avg_reg"], g["reg_lr"], g["batch_dims"]) for g in groups] == [
+        ([-10.0, -9.0], [1e6, 1e5], 1),
+        ([-8.0], [1e7], 1),
+    ]
+    assert rln_parts(5, {0: rln[2], 1: rln[3], 2: rln[5]}) == [3, 2]  # the protocol's order: one RLN tensor
 
 
 def test_stacked_rmsprop_is_torch_rmsprop_per_copy():
@@ -137,8 +143,6 @@ def test_a_stack_trains_as_its_copies_alone(task, outputs):
 def test_dropping_stopped_copies_changes_no_copy(monkeypatch):
     """Trials drop the copies that have stopped from the stack (their weights, RMSprop's and
     RLN's state carried over): every copy's validation losses stay those it has alone."""
-    from torch_rln_cli.tabular import trainer
-
     selects = []
     real_select = trainer._Stack.select
     monkeypatch.setattr(
@@ -188,39 +192,32 @@ def test_eliminated_inputs_come_from_rln_stats():
     assert trained.eliminated[1, 6:].all() and not trained.eliminated[0].any()
 
 
-def test_rln_parts_with_a_theta_and_nu_per_copy():
-    """With per-copy settings in the library, each run of RLN copies is one tensor and one group."""
-    rln = {2: (-10.0, 6.0), 3: (-9.0, 5.0), 5: (-8.0, 7.0)}
-    assert rln_parts(6, rln, joint=False) == [2, 1, 1, 1, 1]
-    assert rln_parts(6, rln, joint=True) == [2, 2, 1, 1]
-    tensors = [torch.zeros(n, 3, 4) for n in (2, 2, 1, 1)]
-    groups = rln_groups(tensors, [2, 2, 1, 1], rln)
-    assert [g["params"][0] is t for g, t in zip(groups, [tensors[1], tensors[3]], strict=True)] == [True, True]
-    assert groups[0]["avg_reg"] == [-10.0, -9.0] and groups[0]["reg_lr"] == [1e6, 1e5]
-    assert groups[1]["avg_reg"] == -8.0 and groups[1]["reg_lr"] == 1e7
-
-
-@pytest.mark.skipif(not per_copy_settings(), reason="RLNOptimizer takes one Theta and nu per group here")
 @pytest.mark.parametrize("keep_best", [True, False])
-def test_one_tensor_of_rln_copies_trains_as_one_tensor_per_copy(monkeypatch, keep_best):
-    """Once the library takes a Theta and a nu per copy, the stack with one tensor for all RLN
-    copies trains as the stack with one tensor per RLN copy (and as each copy alone); without
-    keep_best, stopped copies are dropped from the joint tensor too."""
-    from torch_rln_cli.tabular import optimizer, trainer
-
+def test_one_tensor_of_rln_copies_trains_as_separate_optimizers(keep_best, monkeypatch):
+    """Three RLN copies with their own Theta and nu in one first-layer tensor (the library's
+    per-copy settings, batch_dims=1) train as each copy alone, with an RLNOptimizer of its own;
+    without keep_best, stopped copies are dropped from the joint tensor as they stop."""
     data = splits("regression")
     copies = Copies(
         slot=[0, 1, 0, 1, 0], init_seed=[31, 32, 33, 34, 35], lr=[1e-2, 3e-3, 1e-2, 2e-2, 5e-3],
         rln={1: (-7.0, 6.0), 2: (-6.0, 5.0), 3: (-8.0, 6.5)},
     )  # fmt: skip
+    assert rln_parts(len(copies), copies.rln) == [1, 3, 1]
     schedule = Schedule(depth=2, batch_size=16, max_epochs=10, patience=2)
-    results = {}
-    for joint in (True, False):
-        monkeypatch.setattr(optimizer, "per_copy_settings", lambda joint=joint: joint)
-        monkeypatch.setattr(trainer, "rln_parts", lambda n, rln, joint=joint: optimizer.rln_parts(n, rln, joint))
-        results[joint] = train(copies, data, schedule, keep_best=keep_best)
-    assert results[True].best_epoch == results[False].best_epoch
-    assert results[True].best_loss == pytest.approx(results[False].best_loss, rel=1e-5)
-    if keep_best:
-        torch.testing.assert_close(results[True].model.first_weight(), results[False].model.first_weight())
-        assert torch.equal(results[True].eliminated, results[False].eliminated)
+    selects = []
+    real_select = trainer._Stack.select
+    monkeypatch.setattr(
+        trainer._Stack, "select", lambda self, keep, data: selects.append(keep) or real_select(self, keep, data)
+    )
+    stacked = train(copies, data, schedule, keep_best=keep_best)
+    assert bool(selects) != keep_best  # trials drop their stopped copies; final models keep all
+    for c in range(len(copies)):
+        one = Copies(
+            [copies.slot[c]], [copies.init_seed[c]], [copies.lr[c]], rln={0: copies.rln[c]} if c in copies.rln else {}
+        )
+        alone = train(one, data, schedule, keep_best=keep_best)
+        assert stacked.best_epoch[c] == alone.best_epoch[0], c
+        assert stacked.best_loss[c] == pytest.approx(alone.best_loss[0], rel=1e-5), c
+        if keep_best:
+            torch.testing.assert_close(stacked.model.first_weight()[c], alone.model.first_weight()[0])
+            assert torch.equal(stacked.eliminated[c], alone.eliminated[0])

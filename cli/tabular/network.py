@@ -3,12 +3,12 @@
 Copy ``c`` of layer ``l`` is ``W_l[c]`` of shape ``(out, in)``; a batch ``(C, B, in)``
 holds each copy's own rows. Every method of the experiment is one MLP family: the
 tutorial's geometric widths (:func:`widths`), ReLU, a linear output, Keras'
-``glorot_normal`` weights and zero biases (:func:`torch_rln_cli.stacked.glorot_normal_`).
+``glorot_normal`` weights and zero biases (:func:`~torch_rln_cli.common.stacked.glorot_normal_`).
 
 The first layer's weight is held in *parts*, each a tensor of consecutive copies,
-concatenated in :meth:`StackedMLP.forward`: RLN wraps some parts and not others, and each
-part can carry its own RLN settings (:mod:`.optimizer`). Per-copy dropout rates apply
-after every hidden ReLU during training.
+concatenated in :meth:`StackedMLP.forward`: RLN wraps the part that holds the RLN copies,
+with a Theta and a nu per copy, and not the others (:mod:`.optimizer`). Per-copy dropout
+rates apply after every hidden ReLU during training.
 
 Every copy draws its randomness (initial weights, and in :mod:`.trainer` its shuffles and
 dropout masks) from a generator of its own, so a copy trains the same whatever it is
@@ -32,7 +32,7 @@ def widths(inputs: int, outputs: int, depth: int) -> list[int]:
 
     With one output (regression, binary classification) this is the tutorial's rule,
     ``round(exp(log(D) * k / depth))`` for ``k = depth-1 .. 1``
-    (:func:`torch_rln_cli.stacked.geometric_widths`). With ``K > 1`` outputs the same
+    (:func:`~torch_rln_cli.common.stacked.geometric_widths`). With ``K > 1`` outputs the same
     geometric sequence runs from ``D`` down to ``K`` instead of 1, so that the last hidden
     layer is not narrower than the classes it separates. Never below 1.
     """

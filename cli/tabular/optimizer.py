@@ -6,12 +6,13 @@ decay per copy. Each copy trains exactly as ``torch.optim.RMSprop(lr=lr[c],
 alpha=0.9, eps=1e-7, weight_decay=wd[c])`` alone would (weight decay on the weight
 matrices, not the biases). It is a ``torch.optim.Optimizer``, so ``RLNOptimizer`` wraps it.
 
-:func:`rln_groups` is the one place that decides how RLN's settings reach the copies.
+:func:`rln_groups` is the one place that decides how RLN's settings reach the copies: one
+first-layer tensor holds the RLN copies, and ``RLNOptimizer`` takes their Theta and nu as
+lists, one value per copy (``batch_dims=1``).
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -59,56 +60,28 @@ class StackedRMSprop(torch.optim.Optimizer):
 RlnSettings = dict[int, tuple[float, float]]  # copy -> (Theta, log10 nu)
 
 
-@functools.cache
-def per_copy_settings() -> bool:
-    """Whether this ``RLNOptimizer`` takes a Theta and a nu per copy (lists, with ``batch_dims=1``)."""
-    w = torch.nn.Parameter(torch.zeros(2, 2, 2))
-    try:
-        group = {"params": [w], "avg_reg": [-8.0, -9.0], "reg_lr": [1e5, 1e6], "batch_dims": 1}  # as rln_groups makes
-        RLNOptimizer(torch.optim.SGD([w], lr=0.1), params=[group], compile=False)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def rln_parts(copies: int, rln: RlnSettings, joint: bool | None = None) -> list[int]:
-    """How the first layer's copies are split into tensors, RLN copies apart from the others.
-
-    ``joint`` (default: :func:`per_copy_settings`): a run of consecutive RLN copies is one
-    tensor, one param group with a Theta and a nu per copy. Otherwise each RLN copy is a
-    tensor and a param group of its own (``RLNOptimizer`` then takes one Theta and one nu
-    per group). Either way a tensor of stacked copies (``batch_dims=1``) trains each copy as
-    a separate optimizer would; the runs of other copies lie between.
-    """
-    joint = per_copy_settings() if joint is None else joint
+def rln_parts(copies: int, rln: RlnSettings) -> list[int]:
+    """How the first layer's copies are split into tensors: each run of consecutive RLN
+    copies is one tensor (the protocol stacks them consecutively, so they are one), the
+    runs of other copies lie between. Sizes, in order, summing to ``copies``."""
     cuts = {0, copies}
     for c in range(copies):
-        if c in rln and (not joint or c - 1 not in rln):
-            cuts.add(c)  # an RLN run starts (or, one tensor per RLN copy, every RLN copy)
-        if c in rln and (not joint or c + 1 not in rln):
-            cuts.add(c + 1)
+        if (c in rln) != (c - 1 in rln):
+            cuts.add(c)  # a run of RLN copies, or of other copies, starts here
     return [b - a for a, b in itertools.pairwise(sorted(cuts))]
 
 
 def rln_groups(first: Sequence[Tensor], parts: Sequence[int], rln: RlnSettings) -> list[dict[str, Any]]:
     """The ``RLNOptimizer`` param groups for the first-layer tensors ``first`` (split as
-    :func:`rln_parts` says): one group per RLN part, ``batch_dims=1``, with its copies'
-    Theta and nu (a list where the part holds several copies)."""
+    :func:`rln_parts` says): one group per tensor of RLN copies, with a Theta and a nu per
+    copy (``batch_dims=1``), so that each copy trains exactly as a separate optimizer would."""
     groups, start = [], 0
     for tensor, size in zip(first, parts, strict=True):
         if start in rln:
             settings = [rln[c] for c in range(start, start + size)]
             theta = [t for t, _ in settings]
             nu = [10.0**n for _, n in settings]
-            one = size == 1
-            groups.append(
-                {
-                    "params": [tensor],
-                    "avg_reg": theta[0] if one else theta,
-                    "reg_lr": nu[0] if one else nu,
-                    "batch_dims": 1,
-                }
-            )
+            groups.append({"params": [tensor], "avg_reg": theta, "reg_lr": nu, "batch_dims": 1})
         start += size
     return groups
 
