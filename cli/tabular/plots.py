@@ -7,13 +7,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch
 
+from ..common.plots import new_figure, save
 from .metrics import LOWER_IS_BETTER, NAMES
 
 COLORS = {
@@ -39,7 +36,7 @@ SHORT = {
 def _grid(count: int) -> tuple[Any, np.ndarray]:
     cols = min(3, count)
     rows = math.ceil(count / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = new_figure(rows, (4.6 * cols, 3.6 * rows), cols)
     for ax in axes.flat[count:]:
         ax.set_visible(False)
     return fig, axes
@@ -75,10 +72,7 @@ def scores_plot(report: dict[str, Any], path: Path) -> Path:
         "Test score per seed (points) and mean with 95% t interval (black), each method tuned with the same budget",
         fontsize=9,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 BARS = (
@@ -124,7 +118,4 @@ def features_plot(report: dict[str, Any], path: Path) -> Path | None:
     fig.legend(
         handles=handles, loc="upper center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, 1 - 0.3 / (3.6 * rows + 0.75))
     )
-    fig.tight_layout(rect=(0, 0, 1, top))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, rect=(0, 0, 1, top))

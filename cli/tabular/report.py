@@ -8,8 +8,9 @@ from typing import Any
 
 from rich.console import Console
 
-from ..common.tables import TableSpec
+from ..common.tables import Column, TableSpec, build
 from .analysis import method_label, outcome
+from .methods import METHODS
 from .metrics import LOWER_IS_BETTER, NAMES
 
 COMMAND = "torch-rln bench tabular"
@@ -30,48 +31,57 @@ def mean_ci(entry: dict[str, Any]) -> str:
     return num(entry["mean"]) + ("" if ci is None else f" [{num(ci[0])}, {num(ci[1])}]")
 
 
+Row = dict[str, Any]
+LINEAR_LABEL = "L1 linear (Lasso / L1 logistic)"  # across data sets, whatever their tasks
+
+
+def _word(o: str) -> str:
+    return {"win": "(RLN better)", "loss": "(RLN worse)", "tie": "(no clear difference)"}[o]
+
+
+# ---------------------------------------------------------------------- per data set: method by metric
+def _metric_column(metric: str) -> Column[Row]:
+    """A metric's mean and interval over seeds, ``*`` on the best mean. Row: a method's entry
+    of ``datasets.<name>.methods`` with its ``method`` and the data set's ``best``."""
+    better = "lower" if metric in LOWER_IS_BETTER else "higher"
+
+    def cell(row: Row) -> str:
+        if not row["seeds"]:
+            return "-"
+        return ("* " if row["best"].get(metric) == row["method"] else "") + mean_ci(row["test"][metric])
+
+    return Column(f"{NAMES[metric]} ({better} is better)", cell)
+
+
+def _paired_column(primary: str) -> Column[Row]:
+    def cell(row: Row) -> str:
+        if row["paired"] is None:
+            return "(reference)" if row["method"] == "rln" else "-"
+        return f"{mean_ci(row['paired'])} {_word(outcome(row['paired'], primary))}"
+
+    return Column(f"RLN - method ({NAMES[primary]})", cell)
+
+
 def dataset_table(name: str, d: dict[str, Any]) -> TableSpec:
-    metrics, primary = d["metrics"], d["primary"]
-    seeds = len(d["seeds"])
-    table = TableSpec(
-        f"{name}: test metrics over {plural(seeds, 'seed')}, mean [95% Student's t interval: with few seeds it can "
-        f"pass a metric's bounds]; * the best mean; RLN - method: paired over seeds, in {NAMES[primary]}",
-        ["method", *(f"{NAMES[m]} ({'lower' if m in LOWER_IS_BETTER else 'higher'} is better)" for m in metrics),
-         f"RLN - method ({NAMES[primary]})", "seconds"],
-    )  # fmt: skip
-    for method, v in d["methods"].items():
-        cells = []
-        for metric in metrics:
-            mark = "* " if d["best"].get(metric) == method else ""
-            cells.append(mark + mean_ci(v["test"][metric]) if v["seeds"] else "-")
-        diff = d["paired"].get(method, {}).get(primary)
-        if diff is None:
-            vs = "(reference)" if method == "rln" else "-"
-        else:
-            vs = f"{mean_ci(diff)} {_word(outcome(diff, primary))}"
-        table.add(v["label"], *cells, vs, f"{v['seconds']['total']:.0f}")
-    return table
-
-
-def settings_table(datasets: dict[str, Any]) -> TableSpec:
-    """The setting each method chose on each data set, seed by seed (what to try on the same data)."""
-    table = TableSpec(
-        "The settings chosen on validation, per seed (lr: RMSprop's learning rate; Theta: RLN's mean "
-        "log-coefficient, natural log; log10 nu: its coefficients' learning rate)",
-        ["data set", "method", "chosen settings, seed by seed"],
+    primary = d["primary"]
+    columns = [
+        Column[Row]("method", lambda row: row["label"]),
+        *(_metric_column(m) for m in d["metrics"]),
+        _paired_column(primary),
+        Column[Row]("seconds", lambda row: f"{row['seconds']['total']:.0f}"),
+    ]
+    rows = [
+        {**v, "method": m, "best": d["best"], "paired": d["paired"].get(m, {}).get(primary)}
+        for m, v in d["methods"].items()
+    ]
+    title = (
+        f"{name}: test metrics over {plural(len(d['seeds']), 'seed')}, mean [95% Student's t interval: with few "
+        f"seeds it can pass a metric's bounds]; * the best mean; RLN - method: paired over seeds, in {NAMES[primary]}"
     )
-    for name, d in datasets.items():
-        for v in d["methods"].values():
-            if not v["params"]:
-                continue
-            keys = list(v["params"][0])
-            cells = "; ".join(
-                f"{PARAM_NAMES.get(k, k)} " + ", ".join(_param(k, p[k]) for p in v["params"]) for k in keys
-            )
-            table.add(name, v["label"], cells)
-    return table
+    return build(title, columns, rows)
 
 
+# ---------------------------------------------------------------------- the chosen settings
 PARAM_NAMES = {"theta": "Theta", "log10_nu": "log10 nu", "l1": "L1", "weight_decay": "weight decay"}
 
 
@@ -79,76 +89,113 @@ def _param(key: str, value: float) -> str:
     return f"{value:.1f}" if key in ("theta", "log10_nu") else f"{value:.3g}"
 
 
-def _word(o: str) -> str:
-    return {"win": "(RLN better)", "loss": "(RLN worse)", "tie": "(no clear difference)"}[o]
+def _chosen(params: list[dict[str, float]]) -> str:
+    """Each setting's value seed by seed: ``lr 0.001, 0.002; Theta -9.1, -8.7``."""
+    return "; ".join(f"{PARAM_NAMES.get(k, k)} " + ", ".join(_param(k, p[k]) for p in params) for k in params[0])
+
+
+SETTINGS_COLUMNS: tuple[Column[Row], ...] = (
+    Column("data set", lambda row: row["dataset"]),
+    Column("method", lambda row: row["label"]),
+    Column("chosen settings, seed by seed", lambda row: _chosen(row["params"])),
+)
+
+
+def settings_table(datasets: dict[str, Any]) -> TableSpec:
+    """The setting each method chose on each data set, seed by seed (what to try on the same data)."""
+    rows = [{**v, "dataset": name} for name, d in datasets.items() for v in d["methods"].values() if v["params"]]
+    title = (
+        "The settings chosen on validation, per seed (lr: RMSprop's learning rate; Theta: RLN's mean "
+        "log-coefficient, natural log; log10 nu: its coefficients' learning rate)"
+    )
+    return build(title, SETTINGS_COLUMNS, rows)
+
+
+# ---------------------------------------------------------------------- across data sets
+def _count(key: str) -> Column[Row]:
+    header = {"rln_wins": "RLN better", "ties": "no clear difference", "rln_losses": "RLN worse"}[key]
+    return Column(header, lambda row: "-" if row["method"] == "rln" else str(len(row[key])))
+
+
+SUMMARY_COLUMNS: tuple[Column[Row], ...] = (
+    Column("method", lambda row: LINEAR_LABEL if row["method"] == "l1_linear" else METHODS[row["method"]].label),
+    _count("rln_wins"),
+    _count("ties"),
+    _count("rln_losses"),
+    Column("mean rank", lambda row: f"{row['mean_rank']:.2f}"),
+)
 
 
 def summary_table(summary: dict[str, Any], datasets: int) -> TableSpec:
-    table = TableSpec(
-        f"Summary over {plural(datasets, 'data set')}: RLN against each method on the primary "
-        "metric (RMSE, log loss), counted only where the paired 95% interval excludes 0; mean rank (1 = best)",
-        ["method", "RLN better", "no clear difference", "RLN worse", "mean rank"],
+    title = (
+        f"Summary over {plural(datasets, 'data set')}: RLN against each method on the primary metric (RMSE, log "
+        "loss), counted only where the paired 95% interval excludes 0; mean rank (1 = best)"
     )
-    for method, s in summary["methods"].items():
-        if method == "rln":
-            table.add(method_label(method, "regression"), "-", "-", "-", f"{s['mean_rank']:.2f}")
-            continue
-        label = "L1 linear (Lasso / L1 logistic)" if method == "l1_linear" else method_label(method, "regression")
-        table.add(
-            label, str(len(s["rln_wins"])), str(len(s["ties"])), str(len(s["rln_losses"])), f"{s['mean_rank']:.2f}"
-        )
-    return table
+    return build(title, SUMMARY_COLUMNS, [{**s, "method": m} for m, s in summary["methods"].items()])
+
+
+def _share(key: str, header: str) -> Column[Row]:
+    def cell(row: Row) -> str:
+        entry = row.get(key)
+        return "-" if entry is None or entry["mean"] is None else f"{entry['mean']:.0%}"
+
+    return Column(header, cell)
+
+
+def _figure(key: str, header: str) -> Column[Row]:
+    return Column(header, lambda row: num(row.get(key, {}).get("mean")))
+
+
+FEATURE_COLUMNS: tuple[Column[Row], ...] = (
+    Column("data set", lambda row: row["dataset"]),
+    Column("method", lambda row: method_label(row["method"], row["task"])),
+    Column("inputs", lambda row: str(row["inputs"])),
+    _figure("eliminated_count", "eliminated"),
+    _share("noise_eliminated_share", "noise eliminated"),
+    _share("real_kept_share", "others kept"),
+    _share("real_in_top_share", "others in top k"),
+    _figure("precision", "precision"),
+    _figure("recall", "recall"),
+)
 
 
 def features_table(datasets: dict[str, Any]) -> TableSpec:
-    table = TableSpec(
+    rows = [
+        {**entry, "dataset": name, "method": method, "task": d["task"], "inputs": len(d["features"]["inputs"])}
+        for name, d in datasets.items()
+        for method, entry in d["features"]["methods"].items()
+        if "eliminated_count" in entry or "real_in_top_share" in entry
+    ]
+    title = (
         "Feature recovery, mean over seeds: inputs eliminated (whole first-layer column, or every coefficient, "
         "exactly 0); where the noise inputs are known, the share of them eliminated, the share of the others kept, "
         "and the share of the others among the k most important inputs (k their number); where the relevant "
-        "inputs are known, precision and recall of the kept inputs",
-        ["data set", "method", "inputs", "eliminated", "noise eliminated", "others kept", "others in top k",
-         "precision", "recall"],
-    )  # fmt: skip
-    for name, d in datasets.items():
-        f = d["features"]
-        for method, entry in f["methods"].items():
-            if "eliminated_count" not in entry and "real_in_top_share" not in entry:
-                continue
-            table.add(
-                name,
-                method_label(method, d["task"]),
-                str(len(f["inputs"])),
-                num(entry.get("eliminated_count", {}).get("mean")),
-                *(_share(entry.get(k)) for k in ("noise_eliminated_share", "real_kept_share", "real_in_top_share")),
-                num(entry.get("precision", {}).get("mean")),
-                num(entry.get("recall", {}).get("mean")),
-            )
-    return table
+        "inputs are known, precision and recall of the kept inputs"
+    )
+    return build(title, FEATURE_COLUMNS, rows)
 
 
-def _share(entry: dict[str, Any] | None) -> str:
-    if entry is None or entry["mean"] is None:
-        return "-"
-    return f"{entry['mean']:.0%}"
+TIME_COLUMNS: tuple[Column[Row], ...] = (
+    Column("method", lambda row: row["label"]),
+    Column("tuning (s)", lambda row: f"{row['tuning']:.0f}"),
+    Column("final models (s)", lambda row: f"{row['final']:.0f}"),
+    Column("total (s)", lambda row: f"{row['tuning'] + row['final']:.0f}"),
+)
 
 
 def time_table(datasets: dict[str, Any]) -> TableSpec:
-    table = TableSpec(
-        "Time per method, summed over data sets and seeds (the MLPs train stacked: each trial is given a share "
-        "of its stack's time in proportion to the epochs it trained)",
-        ["method", "tuning (s)", "final models (s)", "total (s)"],
-    )
-    totals: dict[str, list[float]] = {}
-    labels: dict[str, str] = {}
+    totals: dict[str, Row] = {}
     for d in datasets.values():
         for method, v in d["methods"].items():
-            t = totals.setdefault(method, [0.0, 0.0])
-            t[0] += v["seconds"]["tuning"]
-            t[1] += v["seconds"]["final"]
-            labels.setdefault(method, "L1 linear (Lasso / L1 logistic)" if method == "l1_linear" else v["label"])
-    for method, (tuning, final) in totals.items():
-        table.add(labels[method], f"{tuning:.0f}", f"{final:.0f}", f"{tuning + final:.0f}")
-    return table
+            label = LINEAR_LABEL if method == "l1_linear" else v["label"]
+            row = totals.setdefault(method, {"label": label, "tuning": 0.0, "final": 0.0})
+            row["tuning"] += v["seconds"]["tuning"]
+            row["final"] += v["seconds"]["final"]
+    title = (
+        "Time per method, summed over data sets and seeds (the MLPs train stacked: each trial is given a share "
+        "of its stack's time in proportion to the epochs it trained)"
+    )
+    return build(title, TIME_COLUMNS, totals.values())
 
 
 # ---------------------------------------------------------------------- the verdicts in words
