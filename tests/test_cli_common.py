@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from helpers import tiny_model
 
 pytest.importorskip("rich")
 pytest.importorskip("optuna")
@@ -22,10 +23,6 @@ from torch_rln_cli.common.stacked import (  # noqa: E402
 from torch_rln_cli.common.tables import Column, build, field_mean_std, field_number  # noqa: E402
 
 from torch_rln import RLNOptimizer  # noqa: E402
-
-
-def tiny_model(repeats=2, sizes=(3, 4, 2, 1)):
-    return StackedMLP(list(sizes), repeats, torch.Generator().manual_seed(0))
 
 
 # ---------------------------------------------------------------- the stacked MLP

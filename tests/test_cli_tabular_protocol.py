@@ -1,15 +1,14 @@
 """`torch-rln bench tabular`'s protocol: equal budgets, no test row in tuning, the paired
 intervals, feature recovery, the verdicts, and the command end to end (--quick, a resumed
-rerun, two workers on one storage)."""
+rerun, two workers on one storage, SQLite or PostgreSQL)."""
 
 import json
 import math
-import os
-import subprocess
-import sys
+import time
 
 import numpy as np
 import pytest
+from helpers import cli_process, finish, run_cli
 
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("sklearn")
@@ -295,28 +294,36 @@ def test_an_interrupted_run_keeps_its_trials_and_a_rerun_finishes(tmp_path, monk
     assert report["interrupted"] is False and set(report["datasets"]["friedman1"]["methods"]) == set(METHODS)
 
 
-def worker(storage, out, name):
-    argv = [sys.executable, "-m", "torch_rln_cli", "bench", "tabular", "--quick", "--no-compile", "--device", "cpu",
-            "--datasets", "friedman1", "--seeds", "1", "--trials", "3", "--storage", storage, "--study-name", name, "--heartbeat", "2",
+def worker_argv(storage, out):
+    return ["bench", "tabular", "--quick", "--no-compile", "--device", "cpu", "--datasets", "friedman1",
+            "--seeds", "1", "--trials", "3", "--storage", storage, "--study-name", "shared", "--heartbeat", "2",
             "--out", str(out)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
 
 
-def test_two_workers_share_the_studies(tmp_path):
-    storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    workers = [worker(storage, tmp_path / f"w{i}", "shared") for i in range(2)]
-    results = []
-    for w in workers:
-        try:
-            out, _ = w.communicate(timeout=300)
-        finally:
-            if w.poll() is None:
-                w.kill()
-                w.wait()
-        results.append((w.returncode, out.decode(errors="replace")))
-    for code, out in results:
-        assert code == 0, out[-3000:]
+def wait_for_a_running_trial(storage, process, timeout=180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(t.state == optuna.trial.TrialState.RUNNING for s in all_studies(storage) for t in s.trials):
+            return
+        assert process.poll() is None, finish(process)[1][-3000:]
+        time.sleep(0.1)
+    pytest.fail("the other worker never started a trial")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_workers_share_the_studies(backend, tmp_path, request, capsys):
+    """A worker process and this process on one storage (SQLite, or a PostgreSQL server where
+    one can start): this one joins once the other is training its first trials, and together
+    they run each study's budget, no more."""
+    storage = f"sqlite:///{tmp_path / 'shared.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    other = cli_process(worker_argv(storage, tmp_path / "w0"))
+    try:
+        wait_for_a_running_trial(storage, other)
+        code, out = run_cli(worker_argv(storage, tmp_path / "w1"), capsys)
+    finally:
+        other_code, other_out = finish(other, timeout=300)
+    assert code == 0, out[-3000:]
+    assert other_code == 0, other_out[-3000:]
     studies = all_studies(storage)
     assert len(studies) == len(METHODS)  # one per (method, seed) of friedman1
     seen = set()
@@ -327,5 +334,7 @@ def test_two_workers_share_the_studies(tmp_path):
         seen |= {t.user_attrs["measured"]["worker"] for t in complete}
         assert "final" in study.user_attrs
     assert len(seen) == 2  # both workers ran trials
-    reports = [json.loads((tmp_path / f"w{i}" / "tabular.json").read_text()) for i in range(2)]
-    assert reports[0]["datasets"]["friedman1"]["methods"] == reports[1]["datasets"]["friedman1"]["methods"]
+    reports = [json.loads((tmp_path / f"w{i}" / "tabular.json").read_text())["datasets"]["friedman1"] for i in (0, 1)]
+    assert [{m: v["params"] for m, v in r["methods"].items()} for r in reports[1:]] == [
+        {m: v["params"] for m, v in reports[0]["methods"].items()}
+    ]  # the same chosen settings, whichever worker reports
