@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the trial states that count
@@ -42,12 +43,33 @@ def make_storage(url: str, heartbeat_seconds: int) -> optuna.storages.RDBStorage
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: experimental
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+            if scheme == "sqlite":
+                _write_ahead_log(storage.engine)
+            return storage
         except Exception:
             if attempt == 4 or scheme not in HEARTBEAT_SCHEMES:
                 raise
             time.sleep(0.5 + 0.5 * attempt)
     raise AssertionError("unreachable")
+
+
+def _write_ahead_log(engine: sqlalchemy.engine.Engine) -> None:
+    """SQLite in write-ahead-log mode, synced at checkpoints rather than at every commit: a
+    study writes a few rows per trial, and on a virtual machine's disk each synced commit
+    took 10-20 ms, a third of a short run. A killed process loses no commit; a power loss
+    or an operating-system crash keeps the database whole but may lose its last commits,
+    whose trials a rerun runs again. The mode is kept in the file: several processes on
+    one machine share it as before (not over a network file system)."""
+
+    def pragmas(connection: Any, _: Any) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    sqlalchemy.event.listen(engine, "connect", pragmas)
+    engine.dispose()  # the connections opened before the listener: the next ones get the pragmas
 
 
 def open_study(
