@@ -26,6 +26,11 @@ def num(value: float | None) -> str:
     return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.3g}"
 
 
+def seconds(value: float) -> str:
+    """Whole seconds, or tenths below 10 s (a quick run's methods take under a second each)."""
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+
+
 def mean_ci(entry: dict[str, Any]) -> str:
     ci = entry.get("ci95")
     return num(entry["mean"]) + ("" if ci is None else f" [{num(ci[0])}, {num(ci[1])}]")
@@ -68,7 +73,7 @@ def dataset_table(name: str, d: dict[str, Any]) -> TableSpec:
         Column[Row]("method", lambda row: row["label"]),
         *(_metric_column(m) for m in d["metrics"]),
         _paired_column(primary),
-        Column[Row]("seconds", lambda row: f"{row['seconds']['total']:.0f}"),
+        Column[Row]("seconds", lambda row: seconds(row["seconds"]["total"])),
     ]
     rows = [
         {**v, "method": m, "best": d["best"], "paired": d["paired"].get(m, {}).get(primary)}
@@ -177,9 +182,9 @@ def features_table(datasets: dict[str, Any]) -> TableSpec:
 
 TIME_COLUMNS: tuple[Column[Row], ...] = (
     Column("method", lambda row: row["label"]),
-    Column("tuning (s)", lambda row: f"{row['tuning']:.0f}"),
-    Column("final models (s)", lambda row: f"{row['final']:.0f}"),
-    Column("total (s)", lambda row: f"{row['tuning'] + row['final']:.0f}"),
+    Column("tuning (s)", lambda row: seconds(row["tuning"])),
+    Column("final models (s)", lambda row: seconds(row["final"])),
+    Column("total (s)", lambda row: seconds(row["tuning"] + row["final"])),
 )
 
 
@@ -251,6 +256,18 @@ def tables(report: dict[str, Any]) -> list[TableSpec]:
     return out
 
 
+def smoke_run_note(report: dict[str, Any]) -> str | None:
+    """For ``--quick``: what its figures are worth."""
+    if report.get("preset") != "quick":
+        return None
+    s = report["settings"]
+    return (
+        f"A smoke run (--quick: {plural(s['trials'], 'trial')} per method and seed, at most {s['max_epochs']} "
+        "epochs): it checks that everything works, not which method is better. Run it again without --quick "
+        "for the comparison."
+    )
+
+
 def show_tabular(report: dict[str, Any], console: Console) -> None:
     """The tables and verdicts on the terminal; the settings table only for a CSV file (the
     question there is which settings to use; for the built-in sets it is in report.md)."""
@@ -261,6 +278,9 @@ def show_tabular(report: dict[str, Any], console: Console) -> None:
         console.print(table.rich())
     for line in verdict_lines(report):
         console.print(line.replace("**", ""), markup=False, highlight=False)
+    note = smoke_run_note(report)
+    if note:
+        console.print(note, markup=False, highlight=False)
     if report.get("full_suite_command"):
         console.print(f"This was a shortened suite. The full one: [bold]{report['full_suite_command']}[/]")
 
@@ -281,6 +301,9 @@ def tabular_markdown(report: dict[str, Any], figures: list[str]) -> str:
     ]
     if report.get("interrupted"):
         lines += ["**Interrupted**: what finished is below; rerun the same command to continue.", ""]
+    note = smoke_run_note(report)
+    if note:
+        lines += [f"**{note}**", ""]
     notes = [f"- {name}: {note}" for name, d in report["datasets"].items() for note in d["notes"]]
     if notes:
         lines += ["What was done to the data:", "", *notes, ""]

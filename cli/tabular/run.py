@@ -76,6 +76,11 @@ def preset_name(args: argparse.Namespace) -> str:
     return "default" if args.experiment == EXPERIMENT else "suite"
 
 
+def shortened(args: argparse.Namespace) -> bool:
+    """A preset smaller than ``--full`` on the built-in data sets: the output names the full suite."""
+    return preset_name(args) != "full" and not args.datasets and not args.csv
+
+
 def seed_list(args: argparse.Namespace, count: int) -> list[int]:
     if isinstance(args.seeds, list):
         return list(args.seeds)
@@ -240,14 +245,14 @@ def _run(args: argparse.Namespace, device: str, out: Path, console: Console) -> 
     heartbeat = args.heartbeat or 10
     studies = Studies(make_storage(url, heartbeat), settings.trials, args.storage is not None, heartbeat)
     command = command_of(args)
-    shortened = preset in ("default", "suite", "quick") and not args.datasets and not args.csv
+    short = shortened(args)
     console.rule("[bold]Tabular data: RLN against the regularizers and the trees")
     console.print(
-        f"{plural(len(tables), 'data set')} ({', '.join(t.name for t in tables)}), "
-        f"seeds {', '.join(map(str, settings.seeds))}, "
-        f"{settings.trials} trials per method, data set and seed, device {device}, storage "
-        f"{'(given with --storage)' if args.storage else url}"
-        + (f"; the full suite: {FULL_COMMAND}" if shortened else "")
+        f"{plural(len(tables), 'data set')} ({', '.join(t.name for t in tables)}); "
+        f"seeds {', '.join(map(str, settings.seeds))}; "
+        f"{settings.trials} trials per method, data set and seed; device {device}; storage "
+        f"{'(given with --storage)' if args.storage else url}" + (f"; the full suite: {FULL_COMMAND}" if short else ""),
+        highlight=False,
     )
     for table in tables:
         for note in table.notes:
@@ -262,7 +267,7 @@ def _run(args: argparse.Namespace, device: str, out: Path, console: Console) -> 
         report = build_report(runs, settings, command, time.perf_counter() - start)
         report["interrupted"] = interrupted
         report["preset"] = preset
-        if shortened:
+        if short:
             report["full_suite_command"] = FULL_COMMAND
         report["storage"] = url if args.storage is None else "(given with --storage)"
         report["machine"] = machine(device)
