@@ -152,24 +152,9 @@ def fit_sklearn(
     seed: int,
     gb_max_iter: int = GB_MAX_ITER,
 ) -> Any:
-    """Fit the scikit-learn method ``name`` on the training rows; HistGradientBoosting stops
-    early on the validation rows (the only use of them here besides the score)."""
-    with one_thread():
-        return _fit(name, params, task, classes, x_train, y_train, x_val, y_val, seed, gb_max_iter)
-
-
-def _fit(
-    name: str,
-    params: dict[str, float],
-    task: str,
-    classes: int,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    seed: int,
-    gb_max_iter: int,
-) -> Any:
+    """Fit the scikit-learn method ``name`` on the training rows (on one OpenMP thread:
+    :func:`one_thread`); HistGradientBoosting stops early on the validation rows (the only
+    use of them here besides the score)."""
     regression = task == "regression"
     if name == "hist_gb":
         cls = HistGradientBoostingRegressor if regression else HistGradientBoostingClassifier
@@ -183,10 +168,11 @@ def _fit(
             n_iter_no_change=10,
             random_state=seed,
         )
-        return model.fit(x_train, y_train, X_val=x_val, y_val=y_val)
+        with one_thread():
+            return model.fit(x_train, y_train, X_val=x_val, y_val=y_val)
     if name == "l1_linear":
         model = Lasso(alpha=params["alpha"], max_iter=5000) if regression else _l1_logistic(params["C"], classes > 2)
-        with warnings.catch_warnings():
+        with one_thread(), warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # a strong or weak penalty at the range's ends
             return model.fit(x_train, y_train)
     raise ValueError(f"not a scikit-learn method: {name!r}")
