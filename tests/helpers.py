@@ -1,6 +1,7 @@
 """What the tests share, in one place: the small models and their data, one training step
 and loop, the snapshot, the inner optimizers, the wrappers, and the update paths; the
-command run in this process or as a worker process; the PostgreSQL server's programs.
+command run in this process or as a worker process; a small CSV file for the tabular
+experiment; the PostgreSQL server's programs.
 
 Tests import these (``from helpers import ...``); the fixtures built on them (the ``path``
 fixture, which skips the compiled path where no compiler works, and ``compiler``) are in
@@ -381,6 +382,22 @@ def finish(process, timeout=240):
             process.kill()
             process.wait()
     return process.returncode, out.decode(errors="replace")
+
+
+def tabular_csv(path, rows=60):
+    """A small regression CSV at ``path``: two numeric inputs ``a`` and ``b``, a text column
+    ``color`` (one-hot encoded), a constant column ``const`` (dropped) and the target
+    ``y = 2 a + [color is red] + noise``."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    lines = ["a,b,color,const,y"]
+    for i in range(rows):
+        a, b = rng.normal(), rng.normal()
+        color = ["red", "green", "blue"][i % 3]
+        lines.append(f"{a:.4f},{b:.4f},{color},7,{2 * a + (color == 'red') + 0.1 * rng.normal():.4f}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 # ---------------------------------------------------------------- a PostgreSQL server (conftest's postgres_url)

@@ -5,6 +5,7 @@ import socket
 
 import numpy as np
 import pytest
+from helpers import tabular_csv
 
 pytest.importorskip("sklearn")
 pytest.importorskip("optuna")
@@ -57,21 +58,46 @@ def test_the_argument_list_names_every_loader_and_the_help_the_presets():
     assert f"{' and '.join(suite.datasets)}, {suite.seeds} seeds, {suite.trials} trials" in help_text
 
 
+def test_bench_with_no_experiment_runs_the_small_tabular_suite_and_names_the_full_one():
+    from torch_rln_cli import experiments
+    from torch_rln_cli.tabular.run import FULL_COMMAND, PRESETS, settings_for, shortened
+
+    parser = cli_main.build_parser()
+    args = parser.parse_args(["bench"])
+    assert args.experiment is None
+    assert "tabular" in experiments.EXPERIMENTS  # `torch-rln bench` runs it too
+    settings, names = settings_for(args, "cpu")
+    assert names == list(PRESETS["suite"].datasets) == ["boston_noise", "friedman1"]
+    assert settings.seeds == [0, 1, 2]
+    assert settings.trials == 8
+    assert shortened(args)
+    assert FULL_COMMAND.startswith("torch-rln bench tabular --full")
+    assert settings_for(parser.parse_args(["bench", "tabular"]), "cpu")[1] == list(PRESETS["default"].datasets)
+    assert not shortened(parser.parse_args(["bench", "tabular", "--full"]))
+    assert not shortened(parser.parse_args(["bench", "tabular", "--csv", "x.csv", "--target", "y"]))
+
+
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_loader_shape_task_and_no_network(name, no_network):
     rows, inputs, task, classes, noise, relevant = EXPECTED[name]
     table = datasets.load(name)
-    assert table.name == name and table.task == task
-    assert table.numeric.shape == (rows, inputs) and table.y.shape == (rows,)
-    assert np.isfinite(table.numeric).all() and table.categorical.shape == (rows, 0)
+    assert table.name == name
+    assert table.task == task
+    assert table.numeric.shape == (rows, inputs)
+    assert table.y.shape == (rows,)
+    assert np.isfinite(table.numeric).all()
+    assert table.categorical.shape == (rows, 0)
     if classes:
-        assert table.y.dtype == np.int64 and len(np.unique(table.y)) == classes
+        assert table.y.dtype == np.int64
+        assert len(np.unique(table.y)) == classes
     else:
         assert table.y.dtype == np.float64
-    assert len(table.noise or []) == noise and len(table.relevant or []) == (relevant or 0)
+    assert len(table.noise or []) == noise
+    assert len(table.relevant or []) == (relevant or 0)
     if table.kind == "noised":  # the noise columns come last, standard normal, and the same in every load
         x = table.numeric[:, -noise:]
-        assert abs(x.mean()) < 0.05 and abs(x.std() - 1) < 0.05
+        assert abs(x.mean()) < 0.05
+        assert abs(x.std() - 1) < 0.05
         np.testing.assert_array_equal(datasets.load(name).numeric, table.numeric)
 
 
@@ -84,7 +110,7 @@ def test_boston_is_the_packaged_file_in_full():
     assert table.inputs[-1] == "LSTAT"
 
 
-def test_unknown_data_set():
+def test_an_unknown_data_set_is_refused_by_name():
     with pytest.raises(ValueError, match="Unknown data set: 'iris'"):
         datasets.load("iris")
 
@@ -96,9 +122,12 @@ def test_splits_are_disjoint_and_stratified(name):
     for seed in (0, 1):
         s = split_rows(table, seed)
         parts = [set(s.train), set(s.val), set(s.test)]
-        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+        assert not (parts[0] & parts[1])
+        assert not (parts[0] & parts[2])
+        assert not (parts[1] & parts[2])
         assert set().union(*parts) == set(range(table.rows))
-        assert abs(len(s.test) - 0.2 * table.rows) <= 1 and abs(len(s.val) - 0.2 * table.rows) <= 1
+        assert abs(len(s.test) - 0.2 * table.rows) <= 1
+        assert abs(len(s.val) - 0.2 * table.rows) <= 1
         if table.task == "classification":
             share = table.y.mean()
             for rows in (s.train, s.val, s.test):
@@ -134,26 +163,25 @@ def write(path, text):
     return path
 
 
-def good_csv(tmp_path, rows=60):
-    rng = np.random.default_rng(0)
-    lines = ["a,b,color,const,y"]
-    for i in range(rows):
-        a, b = rng.normal(), rng.normal()
-        color = ["red", "green", "blue"][i % 3]
-        lines.append(f"{a:.4f},{b:.4f},{color},7,{2 * a + (color == 'red') + 0.1 * rng.normal():.4f}")
-    return write(tmp_path / "good.csv", "\n".join(lines) + "\n")
+def good_csv(tmp_path):
+    return tabular_csv(tmp_path / "good.csv")
 
 
 def test_a_good_csv_with_a_categorical_and_a_constant_column(tmp_path):
     table = read_csv(good_csv(tmp_path), "y")
-    assert table.task == "regression" and table.rows == 60
-    assert table.numeric_names == ["a", "b"] and table.categorical_names == ["color"]
+    assert table.task == "regression"
+    assert table.rows == 60
+    assert table.numeric_names == ["a", "b"]
+    assert table.categorical_names == ["color"]
     notes = " ".join(table.notes)
     assert "task inferred: regression" in notes
-    assert "constant column dropped" in notes and "const" in notes
-    assert "one-hot" in notes and "color" in notes
+    assert "constant column dropped" in notes
+    assert "const" in notes
+    assert "one-hot" in notes
+    assert "color" in notes
     p = prepare(table, 0)
-    assert p.x_train.shape[1] == 2 + 3 and p.names[2:] == ["color=blue", "color=green", "color=red"]
+    assert p.x_train.shape[1] == 2 + 3
+    assert p.names[2:] == ["color=blue", "color=green", "color=red"]
     assert p.columns == [0, 1, 2, 2, 2]
     assert set(np.unique(p.x_train[:, 2:])) <= {0.0, 1.0}
 
@@ -161,26 +189,33 @@ def test_a_good_csv_with_a_categorical_and_a_constant_column(tmp_path):
 def test_csv_task_inference_and_text_labels(tmp_path):
     rows = ["x,label"] + [f"{i},{'yes' if i % 2 else 'no'}" for i in range(50)]
     table = read_csv(write(tmp_path / "t.csv", "\n".join(rows)), "label")
-    assert table.task == "classification" and "2 classes" in table.notes[0]
+    assert table.task == "classification"
+    assert "2 classes" in table.notes[0]
     rows = ["x;k"] + [f"{i};{i % 3}" for i in range(50)]  # semicolons, integer classes
     table = read_csv(write(tmp_path / "k.csv", "\n".join(rows)), "k")
-    assert table.task == "classification" and "3 integer values" in table.notes[0]
+    assert table.task == "classification"
+    assert "3 integer values" in table.notes[0]
     assert read_csv(tmp_path / "k.csv", "k", task="regression").task == "regression"
 
 
 def test_csv_decimal_commas_and_identifier_columns(tmp_path):
     rows = ["id;size;note;y"] + [f"P{i:04d};{i % 7},5;n{i % 40};{i * 0.25:.2f}".replace(".", ",") for i in range(50)]
     table = read_csv(write(tmp_path / "eu.csv", "\n".join(rows)), "y")
-    assert table.task == "regression" and table.numeric_names == ["size"] and table.categorical_names == ["note"]
+    assert table.task == "regression"
+    assert table.numeric_names == ["size"]
+    assert table.categorical_names == ["note"]
     np.testing.assert_allclose(table.numeric[:3, 0], [0.5, 1.5, 2.5])
     np.testing.assert_allclose(table.y[:3], [0.0, 0.25, 0.5])
     notes = " ".join(table.notes)
-    assert "decimal commas read as numbers" in notes and "size" in notes
-    assert "different value in every row dropped" in notes and ": id" in notes
-    assert "an identifier or free text" in notes and "note (40 values)" in notes
+    assert "decimal commas read as numbers" in notes
+    assert "size" in notes
+    assert "different value in every row dropped" in notes
+    assert ": id" in notes
+    assert "an identifier or free text" in notes
+    assert "note (40 values)" in notes
 
 
-def test_csv_impute(tmp_path):
+def test_csv_impute_fills_the_missing_inputs(tmp_path):
     text = good_csv(tmp_path).read_text().splitlines()
     text[3] = ",".join(["", *text[3].split(",")[1:]])
     text[5] = ",".join([text[5].split(",")[0], "NA", "", *text[5].split(",")[3:]])
@@ -188,7 +223,8 @@ def test_csv_impute(tmp_path):
     table = read_csv(path, "y", impute="mean")
     assert "missing values imputed (mean" in " ".join(table.notes)
     p = prepare(table, 0, impute="mean")
-    assert np.isfinite(p.x_train).all() and np.isfinite(p.x_test).all()
+    assert np.isfinite(p.x_train).all()
+    assert np.isfinite(p.x_test).all()
 
 
 BAD = {
@@ -239,17 +275,19 @@ def test_each_bad_csv_is_one_line_and_exit_2(case, tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err, err
-    assert err.count("\n") == 1 and "Traceback" not in err  # one line
+    assert err.count("\n") == 1  # one line
+    assert "Traceback" not in err
     assert str(path) in err  # it names the file
     assert digest(path) == before  # never modified
 
 
-def test_a_missing_file(tmp_path, capsys):
+def test_a_missing_csv_file_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main.main(
             ["bench", "tabular", "--csv", str(tmp_path / "nope.csv"), "--target", "y", "--out", str(tmp_path)]
         )
-    assert exit_info.value.code == 2 and "no such file" in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "no such file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -262,10 +300,11 @@ def test_a_missing_file(tmp_path, capsys):
         (["bench", "tabular", "--datasets", "boston,iris"], "unknown: iris"),
     ],
 )
-def test_argument_errors(argv, message, capsys):
+def test_argument_errors_exit_2_and_say_what_to_do(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main.main(argv)
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_input_error_is_raised_by_the_reader(tmp_path):

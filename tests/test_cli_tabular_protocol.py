@@ -1,6 +1,6 @@
 """`torch-rln bench tabular`'s protocol: equal budgets, no test row in tuning, the paired
 intervals, feature recovery, the verdicts, and the command end to end (--quick, a resumed
-rerun, two workers on one storage, SQLite or PostgreSQL)."""
+rerun, two workers on one storage)."""
 
 import json
 import math
@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import cli_process, finish, run_cli
+from helpers import cli_process, finish, run_cli, tabular_csv
 
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("sklearn")
@@ -64,7 +64,9 @@ def test_every_method_gets_exactly_the_budget():
         )
     nn = [s for (m, _), s in run.study.items() if m in ("none", "rln")]
     assert all("lr" in t.params for s in nn for t in s.trials)  # 'none' spends its trials on the learning rate
-    assert run.tune() and run.nn_round() == 0 and run.sklearn_trials() == 0  # full studies ask for nothing more
+    assert run.tune()
+    assert run.nn_round() == 0
+    assert run.sklearn_trials() == 0  # full studies ask for nothing more
 
 
 def test_no_test_row_reaches_scaling_tuning_or_early_stopping(monkeypatch):
@@ -78,9 +80,12 @@ def test_no_test_row_reaches_scaling_tuning_or_early_stopping(monkeypatch):
     run = tiny_run(table, seeds=(0,))
     p = run.prepared[0]
     assert not (set(p.split.train) | set(p.split.val)) & set(test_rows)
-    assert np.isfinite(p.x_train).all() and np.isfinite(p.x_val).all() and np.isfinite(p.y_train).all()
+    assert np.isfinite(p.x_train).all()
+    assert np.isfinite(p.x_val).all()
+    assert np.isfinite(p.y_train).all()
     assert np.isfinite([p.y_mean, p.y_std]).all()  # the target's scaling saw the training rows alone
-    assert np.isnan(p.x_test).all() and np.isnan(p.y_test).all()  # the poison is there, for the test alone
+    assert np.isnan(p.x_test).all()
+    assert np.isnan(p.y_test).all()  # the poison is there, for the test alone
     assert run.tune()
     for study in run.study.values():
         assert all(math.isfinite(t.value) for t in study.trials)  # no NaN reached a trial
@@ -142,16 +147,22 @@ def test_feature_precision_and_recall_on_a_constructed_case():
     relevant, noise = ["a", "b", "c"], ["n1", "n2", "n3", "n4"]
     # eliminated: one relevant input (c) and three noise inputs; kept: a, b, n4
     r = recovery(inputs, ["c", "n1", "n2", "n3"], relevant, noise)
-    assert r["precision"] == pytest.approx(2 / 3) and r["recall"] == pytest.approx(2 / 3)
-    assert r["noise_eliminated_share"] == pytest.approx(3 / 4) and r["real_kept_share"] == pytest.approx(2 / 3)
+    assert r["precision"] == pytest.approx(2 / 3)
+    assert r["recall"] == pytest.approx(2 / 3)
+    assert r["noise_eliminated_share"] == pytest.approx(3 / 4)
+    assert r["real_kept_share"] == pytest.approx(2 / 3)
     assert recovery(inputs, [], relevant, noise)["precision"] == pytest.approx(3 / 7)
     assert recovery(inputs, inputs, relevant, noise)["precision"] is None  # nothing kept
     f = features_json(inputs, relevant, noise, {"rln": [[2, 3, 4, 5], []]})
     rln = f["methods"]["rln"]
-    assert rln["eliminated"] == [["c", "n1", "n2", "n3"], []] and rln["kept"][1] == inputs
-    assert rln["recall"]["values"] == pytest.approx([2 / 3, 1.0]) and rln["recall"]["mean"] == pytest.approx(5 / 6)
-    assert rln["eliminated_count"]["values"] == [4.0, 0.0] and rln["kept_count"]["mean"] == 5.0
-    assert f["true_relevant"] == relevant and f["noise"] == noise
+    assert rln["eliminated"] == [["c", "n1", "n2", "n3"], []]
+    assert rln["kept"][1] == inputs
+    assert rln["recall"]["values"] == pytest.approx([2 / 3, 1.0])
+    assert rln["recall"]["mean"] == pytest.approx(5 / 6)
+    assert rln["eliminated_count"]["values"] == [4.0, 0.0]
+    assert rln["kept_count"]["mean"] == 5.0
+    assert f["true_relevant"] == relevant
+    assert f["noise"] == noise
     # importance: the 3 real inputs are a, b, c; seed 0 ranks a, n1, b first (2 of 3), seed 1 a, b, c
     importance = {"rln": [[5.0, 3.0, 0.1, 4.0, 0.0, 0.0, 0.2], [3.0, 2.0, 1.0, 0.5, 0.4, 0.3, 0.2]]}
     f = features_json(inputs, relevant, noise, {}, importance)
@@ -187,14 +198,18 @@ def test_verdicts_are_computed_from_the_figures():
         "c": dataset(kind="real", trees=(-0.3, -0.1)),
     })  # fmt: skip
     beats = v["beats_l1_and_none"]["datasets"]
-    assert beats["a"]["result"] == "holds" and beats["b"]["result"] == "fails" and "c" not in beats
-    assert "worse than L1" in beats["b"]["detail"] and "better than no regularization" in beats["b"]["detail"]
+    assert beats["a"]["result"] == "holds"
+    assert beats["b"]["result"] == "fails"
+    assert "c" not in beats
+    assert "worse than L1" in beats["b"]["detail"]
+    assert "better than no regularization" in beats["b"]["detail"]
     theta = v["theta_below_l1"]["datasets"]["a"]
     assert theta["result"] == "fails"  # exp(-9) / 1e-5 = 12 in the second seed
     assert v["eliminates_noise"]["datasets"]["a"]["result"] == "holds"
     assert v["eliminates_noise"]["datasets"]["b"]["result"] == "fails"
     trees = v["against_trees"]["datasets"]
-    assert trees["a"]["result"] == "trees better" and trees["c"]["result"] == "RLN better"
+    assert trees["a"]["result"] == "trees better"
+    assert trees["c"]["result"] == "RLN better"
     assert v["rln_loses"] == {"a": ["hist_gb"], "b": ["l1", "hist_gb"], "c": []}
 
 
@@ -202,17 +217,9 @@ def test_verdicts_are_computed_from_the_figures():
 QUICK = ["bench", "tabular", "--quick", "--device", "cpu", "--no-compile"]
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("quick")
-    code = cli_main.main([*QUICK, "--out", str(out)])
-    return code, out
-
-
-def test_quick_run_writes_the_json_fields(quick_run):
-    code, out = quick_run
-    assert code == 0
-    report = json.loads((out / "tabular.json").read_text())
+def test_a_quick_run_writes_every_json_field_and_the_report(tmp_path):
+    assert cli_main.main([*QUICK, "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "tabular.json").read_text())
     assert set(report["datasets"]) == {"friedman1", "breast_cancer_noise"}
     for d in report["datasets"].values():
         metrics = {"rmse", "r2"} if d["task"] == "regression" else {"log_loss", "accuracy", "roc_auc"}
@@ -221,19 +228,24 @@ def test_quick_run_writes_the_json_fields(quick_run):
             assert set(m["test"]) == metrics
             for metric in metrics:
                 entry = m["test"][metric]
-                assert len(entry["values"]) == 2 and entry["mean"] == pytest.approx(np.mean(entry["values"]))
+                assert len(entry["values"]) == 2
+                assert entry["mean"] == pytest.approx(np.mean(entry["values"]))
                 assert len(entry["ci95"]) == 2
-            assert len(m["params"]) == 2 and all(p for p in m["params"])
+            assert len(m["params"]) == 2
+            assert all(p for p in m["params"])
         assert set(d["paired"]) == set(METHODS) - {"rln"}
         for diffs in d["paired"].values():
             for metric in metrics:
-                assert {"differences", "mean", "ci95"} <= set(diffs[metric]) and len(diffs[metric]["differences"]) == 2
+                assert {"differences", "mean", "ci95"} <= set(diffs[metric])
+                assert len(diffs[metric]["differences"]) == 2
         f = d["features"]
         assert {"inputs", "true_relevant", "noise", "methods"} <= set(f)
         assert set(f["methods"]) == set(METHODS) - {"hist_gb"}  # the trees eliminate no input
         for entry in f["methods"].values():
-            assert len(entry["eliminated"]) == 2 and len(entry["kept"]) == 2
-            assert len(entry["importance"]) == 2 and len(entry["importance"][0]) == len(f["inputs"])
+            assert len(entry["eliminated"]) == 2
+            assert len(entry["kept"]) == 2
+            assert len(entry["importance"]) == 2
+            assert len(entry["importance"][0]) == len(f["inputs"])
             assert 0 <= entry["real_in_top_share"]["mean"] <= 1
     assert report["datasets"]["friedman1"]["features"]["true_relevant"] == ["x0", "x1", "x2", "x3", "x4"]
     assert "precision" in report["datasets"]["friedman1"]["features"]["methods"]["rln"]
@@ -241,29 +253,26 @@ def test_quick_run_writes_the_json_fields(quick_run):
     assert set(report["summary"]["methods"]) == set(METHODS)
     assert set(report["verdicts"]) >= {"beats_l1_and_none", "theta_below_l1", "eliminates_noise", "against_trees"}
     assert report["full_suite_command"].startswith("torch-rln bench tabular --full")
-    md = (out / "report.md").read_text()
-    assert "### Verdicts, as measured" in md and "Plainly, against the trees" in md
-    assert (out / "tabular-scores.png").stat().st_size > 0 and (out / "tabular-features.png").stat().st_size > 0
+    md = (tmp_path / "report.md").read_text()
+    assert "### Verdicts, as measured" in md
+    assert "Plainly, against the trees" in md
+    for figure in ("tabular-scores.png", "tabular-features.png"):
+        assert (tmp_path / figure).stat().st_size > 0
 
 
-def test_a_rerun_resumes_and_trains_nothing_again(quick_run, capsys):
-    _, out = quick_run
-    before = json.loads((out / "tabular.json").read_text())
-    storage = f"sqlite:///{out / 'optuna-tabular.db'}"
-    trials_before = {s.study_name: len(s.trials) for s in all_studies(storage)}
-    assert cli_main.main([*QUICK, "--out", str(out)]) == 0
-    after = json.loads((out / "tabular.json").read_text())
-    assert {s.study_name: len(s.trials) for s in all_studies(storage)} == trials_before
-    for name, d in before["datasets"].items():
-        for method, m in d["methods"].items():
-            assert after["datasets"][name]["methods"][method]["test"] == m["test"]
-    assert after["seconds"] < before["seconds"]
+def trials_by_study(storage):
+    return {s.study_name: {t.number: (t.state, t.value) for t in s.trials} for s in all_studies(storage)}
 
 
-def test_an_interrupted_run_keeps_its_trials_and_a_rerun_finishes(tmp_path, monkeypatch):
-    """Ctrl-C in the second round of MLP trials: exit 130, the first round's trials kept; the
-    rerun fails the interrupted trials, keeps the finished ones as they were and completes."""
-    argv = [*QUICK, "--datasets", "friedman1", "--seeds", "1", "--trials", "4", "--out", str(tmp_path)]
+def test_a_csv_run_interrupted_resumes_and_once_finished_trains_nothing_again(tmp_path, monkeypatch):
+    """Your own CSV through the command. Ctrl-C in the second round of MLP trials: exit 130,
+    the first round's trials kept. The rerun fails the interrupted trials, keeps the finished
+    ones as they were and completes. A third run trains nothing and reports the same. The
+    file is never modified."""
+    path = tabular_csv(tmp_path / "mine.csv")
+    text = path.read_bytes()
+    out = tmp_path / "out"
+    argv = [*QUICK, "--csv", str(path), "--target", "y", "--seeds", "1", "--trials", "4", "--out", str(out)]
     real_train = protocol.train
     calls = []
 
@@ -275,23 +284,42 @@ def test_an_interrupted_run_keeps_its_trials_and_a_rerun_finishes(tmp_path, monk
 
     monkeypatch.setattr(protocol, "train", interrupt_second)
     assert cli_main.main(argv) == 130
-    assert json.loads((tmp_path / "tabular.json").read_text())["interrupted"] is True
-    storage = f"sqlite:///{tmp_path / 'optuna-tabular.db'}"
-    before = {s.study_name: {t.number: (t.state, t.value) for t in s.trials} for s in all_studies(storage)}
+    assert json.loads((out / "tabular.json").read_text())["interrupted"] is True
+    storage = f"sqlite:///{out / 'optuna-tabular.db'}"
+    before = trials_by_study(storage)
     nn = [name for name in before if "-rln-" in name or "-none-" in name]
     assert all(sum(state == optuna.trial.TrialState.COMPLETE for state, _ in before[n].values()) == 2 for n in nn)
+
     monkeypatch.setattr(protocol, "train", real_train)
     assert cli_main.main(argv) == 0
-    for study in all_studies(storage):
-        after = {t.number: (t.state, t.value) for t in study.trials}
-        for number, (state, value) in before.get(study.study_name, {}).items():
+    finished = trials_by_study(storage)
+    for name, trials in finished.items():
+        for number, (state, value) in before.get(name, {}).items():
             if state == optuna.trial.TrialState.COMPLETE:
-                assert after[number] == (state, value)  # never run again
+                assert trials[number] == (state, value)  # never run again
             elif state == optuna.trial.TrialState.RUNNING:
-                assert after[number][0] == optuna.trial.TrialState.FAIL  # the interrupted ones
-        assert sum(state == optuna.trial.TrialState.COMPLETE for state, _ in after.values()) == 4
-    report = json.loads((tmp_path / "tabular.json").read_text())
-    assert report["interrupted"] is False and set(report["datasets"]["friedman1"]["methods"]) == set(METHODS)
+                assert trials[number][0] == optuna.trial.TrialState.FAIL  # the interrupted ones
+        assert sum(state == optuna.trial.TrialState.COMPLETE for state, _ in trials.values()) == 4
+    report = json.loads((out / "tabular.json").read_text())
+    assert report["interrupted"] is False
+    mine = report["datasets"]["mine"]
+    assert mine["kind"] == "csv"
+    assert set(mine["methods"]) == set(METHODS)
+    md = (out / "report.md").read_text()
+    assert "one-hot encoded" in md
+    assert "color" in md
+    assert "constant column dropped" in md
+    assert "const" in md
+
+    def trained_again(*args, **kwargs):
+        raise AssertionError("a finished run trained a model again")
+
+    monkeypatch.setattr(protocol, "train", trained_again)
+    monkeypatch.setattr(protocol, "fit_sklearn", trained_again)
+    assert cli_main.main(argv) == 0
+    assert trials_by_study(storage) == finished
+    assert json.loads((out / "tabular.json").read_text())["datasets"]["mine"]["methods"] == mine["methods"]
+    assert path.read_bytes() == text
 
 
 def worker_argv(storage, out):
@@ -310,12 +338,23 @@ def wait_for_a_running_trial(storage, process, timeout=180):
     pytest.fail("the other worker never started a trial")
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_two_workers_share_the_studies(backend, tmp_path, request, capsys):
-    """A worker process and this process on one storage (SQLite, or a PostgreSQL server where
-    one can start): this one joins once the other is training its first trials, and together
-    they run each study's budget, no more."""
-    storage = f"sqlite:///{tmp_path / 'shared.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+@pytest.fixture
+def shared_storage(request, tmp_path):
+    """Where the two workers meet: conftest's PostgreSQL server where one can start (the storage
+    for several machines), else an SQLite file (several workers on one machine). One of them,
+    not both: each costs a worker process's start and a whole run, and what a storage itself
+    must do is tested on both with `bench rmsln`'s workers (test_optuna_workers.py,
+    test_postgres_workers.py)."""
+    try:
+        return request.getfixturevalue("postgres_url")
+    except pytest.skip.Exception:
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+
+
+def test_two_workers_share_the_studies(shared_storage, tmp_path, capsys):
+    """A worker process and this process on one storage: this one joins once the other is
+    training its first trials, and together they run each study's budget, no more."""
+    storage = shared_storage
     other = cli_process(worker_argv(storage, tmp_path / "w0"))
     try:
         wait_for_a_running_trial(storage, other)

@@ -109,7 +109,8 @@ def test_rln_copies_train_as_separate_rln_optimizers():
             theta = rln[c][0]
             lam = o.lambdas(m.first[0])
             assert abs(float(lam.mean()) - theta) < 1.0  # projected to its own Theta (the cap lowers a few)
-    assert (first[0] == 0).any() and not (first[1] == 0).any()  # RLN zeroes weights; the copy without it does not
+    assert (first[0] == 0).any()
+    assert not (first[1] == 0).any()  # RLN zeroes weights; the copy without it does not
 
 
 @pytest.mark.parametrize(("task", "outputs"), [("regression", 1), ("binary", 1), ("multiclass", 3)])
@@ -179,7 +180,8 @@ def test_early_stopping_keeps_each_copys_best_epoch():
     with torch.no_grad():
         val = per_copy_loss(trained.model(data.x_val[[0, 0]]), data.y_val[[0, 0]], "regression")
     assert float(val[0]) == pytest.approx(trained.best_loss[0], rel=1e-5)  # the weights are the best epoch's
-    assert math.isfinite(trained.best_loss[0]) and trained.best_loss[0] < trained.best_loss[1]
+    assert math.isfinite(trained.best_loss[0])
+    assert trained.best_loss[0] < trained.best_loss[1]
 
 
 def test_eliminated_inputs_come_from_rln_stats():
@@ -189,7 +191,8 @@ def test_eliminated_inputs_come_from_rln_stats():
     trained = train(copies, data, Schedule(depth=2, batch_size=24, max_epochs=12, patience=12), keep_best=True)
     w = trained.model.first_weight().detach()
     torch.testing.assert_close(trained.eliminated, (w == 0).all(dim=1))
-    assert trained.eliminated[1, 6:].all() and not trained.eliminated[0].any()
+    assert trained.eliminated[1, 6:].all()
+    assert not trained.eliminated[0].any()
 
 
 @pytest.mark.parametrize("keep_best", [True, False])
