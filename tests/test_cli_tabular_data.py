@@ -78,7 +78,7 @@ def test_bench_with_no_experiment_runs_the_small_tabular_suite_and_names_the_ful
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
-def test_loader_shape_task_and_no_network(name, no_network):
+def test_each_loader_has_its_shape_and_task_and_uses_no_network(name, no_network):
     rows, inputs, task, classes, noise, relevant = EXPECTED[name]
     table = datasets.load(name)
     assert table.name == name
@@ -167,7 +167,7 @@ def good_csv(tmp_path):
     return tabular_csv(tmp_path / "good.csv")
 
 
-def test_a_good_csv_with_a_categorical_and_a_constant_column(tmp_path):
+def test_a_good_csv_one_hot_encodes_its_text_column_and_drops_the_constant_one(tmp_path):
     table = read_csv(good_csv(tmp_path), "y")
     assert table.task == "regression"
     assert table.rows == 60
@@ -186,7 +186,7 @@ def test_a_good_csv_with_a_categorical_and_a_constant_column(tmp_path):
     assert set(np.unique(p.x_train[:, 2:])) <= {0.0, 1.0}
 
 
-def test_csv_task_inference_and_text_labels(tmp_path):
+def test_the_csv_task_is_inferred_from_the_target_and_text_labels_are_classes(tmp_path):
     rows = ["x,label"] + [f"{i},{'yes' if i % 2 else 'no'}" for i in range(50)]
     table = read_csv(write(tmp_path / "t.csv", "\n".join(rows)), "label")
     assert table.task == "classification"
@@ -198,7 +198,7 @@ def test_csv_task_inference_and_text_labels(tmp_path):
     assert read_csv(tmp_path / "k.csv", "k", task="regression").task == "regression"
 
 
-def test_csv_decimal_commas_and_identifier_columns(tmp_path):
+def test_a_csv_reads_decimal_commas_as_numbers_and_drops_identifier_columns(tmp_path):
     rows = ["id;size;note;y"] + [f"P{i:04d};{i % 7},5;n{i % 40};{i * 0.25:.2f}".replace(".", ",") for i in range(50)]
     table = read_csv(write(tmp_path / "eu.csv", "\n".join(rows)), "y")
     assert table.task == "regression"

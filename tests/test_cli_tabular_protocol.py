@@ -351,7 +351,7 @@ def shared_storage(request, tmp_path):
         return f"sqlite:///{tmp_path / 'shared.db'}"
 
 
-def test_two_workers_share_the_studies(shared_storage, tmp_path, capsys):
+def test_two_workers_share_the_studies_and_run_each_budget_once(shared_storage, tmp_path, capsys):
     """A worker process and this process on one storage: this one joins once the other is
     training its first trials, and together they run each study's budget, no more."""
     storage = shared_storage
