@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 EXPERIMENTS = {  # the command's name -> the subpackage; `torch-rln bench` runs them in this order
     "rln": "rln_boston",
     "rmsln": "rmsln_mnist1d",
+    "tabular": "tabular",
 }
 
 

@@ -17,7 +17,14 @@ from collections.abc import Sequence
 from . import experiments
 from .common.arguments import positive_int, seeds
 
-BENCH_MODULES = {"numpy": "numpy", "rich": "rich", "matplotlib": "matplotlib", "optuna": "optuna", "mnist1d": "mnist1d"}
+BENCH_MODULES = {
+    "numpy": "numpy",
+    "rich": "rich",
+    "matplotlib": "matplotlib",
+    "optuna": "optuna",
+    "mnist1d": "mnist1d",
+    "scikit-learn": "sklearn",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,10 +11,13 @@ test_<regularizer>_math / _paths / _reference.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import PATHS, WRAPPERS, compiler_works
+from helpers import PATHS, WRAPPERS, compiler_works, free_port, pg_bin
 from hypothesis import HealthCheck, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 from strategies import CI_EXAMPLES
@@ -67,3 +70,42 @@ def path(request):
 def wrapper_name(request):
     """Each name of helpers.WRAPPERS: RLN, coupled RMSLN, decoupled RMSLN, RMSLN over RLN."""
     return request.param
+
+
+@pytest.fixture
+def postgres_url():
+    """A PostgreSQL server of its own (127.0.0.1, a temporary cluster, stopped at the end), as a
+    SQLAlchemy URL. Skips where the server programs, the psycopg2 driver or root (initdb runs
+    as the ``postgres`` user) are missing; `.ci/run` installs the server where it can."""
+    initdb, pg_ctl = pg_bin("initdb"), pg_bin("pg_ctl")
+    if not (initdb and pg_ctl and shutil.which("runuser")) or os.geteuid() != 0:
+        pytest.skip("needs the PostgreSQL server binaries and root (initdb runs as the postgres user)")
+    pytest.importorskip("psycopg2")
+    try:
+        import pwd
+
+        pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("no postgres user")
+    root = tempfile.mkdtemp(prefix="torch-rln-pg-")
+    os.chmod(root, 0o755)
+    data = os.path.join(root, "data")
+    shutil.chown(root, "postgres", "postgres")
+    port = free_port()
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    try:
+        subprocess.run(
+            [*as_postgres, initdb, "-D", data, "-A", "trust", "-U", "postgres"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        subprocess.run([*as_postgres, pg_ctl, "-D", data, "-l", os.path.join(root, "log"), "-w", "-t", "60",
+                        "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"],
+                       check=True, capture_output=True, timeout=90)  # fmt: skip
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        if os.path.isdir(data):  # also after a start that failed or timed out: it may still run
+            subprocess.run([*as_postgres, pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"],
+                           capture_output=True, timeout=60)  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,5 +1,7 @@
 """What the tests share, in one place: the small models and their data, one training step
-and loop, the snapshot, the inner optimizers, the wrappers, and the update paths.
+and loop, the snapshot, the inner optimizers, the wrappers, and the update paths; the
+command run in this process or as a worker process; a small CSV file for the tabular
+experiment; the PostgreSQL server's programs.
 
 Tests import these (``from helpers import ...``); the fixtures built on them (the ``path``
 fixture, which skips the compiled path where no compiler works, and ``compiler``) are in
@@ -7,6 +9,13 @@ fixture, which skips the compiled path where no compiler works, and ``compiler``
 """
 
 from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
 
 import torch
 
@@ -336,3 +345,72 @@ def module_to(module, device):
         module.to(device)
     finally:
         torch.__future__.set_swap_module_params_on_conversion(previous)
+
+
+# ---------------------------------------------------------------- the torch-rln command
+def run_cli(argv, capsys):
+    """``torch-rln ARGV`` in this process: its exit status and everything it printed."""
+    from torch_rln_cli import main as cli_main
+
+    code = cli_main.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def tiny_model(repeats=2, sizes=(3, 4, 2, 1)):
+    """A stacked MLP of the command (``repeats`` copies of ``sizes``), seeded."""
+    from torch_rln_cli.common.stacked import StackedMLP
+
+    return StackedMLP(list(sizes), repeats, torch.Generator().manual_seed(0))
+
+
+def cli_process(argv):
+    """``python -m torch_rln_cli ARGV`` as a worker process of its own (one thread), its
+    output in one pipe; end it with :func:`finish`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch_rln_cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+    )
+
+
+def finish(process, timeout=240):
+    """Wait for a :func:`cli_process` (killed after ``timeout`` seconds): its status and output."""
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, out.decode(errors="replace")
+
+
+def tabular_csv(path, rows=60):
+    """A small regression CSV at ``path``: two numeric inputs ``a`` and ``b``, a text column
+    ``color`` (one-hot encoded), a constant column ``const`` (dropped) and the target
+    ``y = 2 a + [color is red] + noise``."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    lines = ["a,b,color,const,y"]
+    for i in range(rows):
+        a, b = rng.normal(), rng.normal()
+        color = ["red", "green", "blue"][i % 3]
+        lines.append(f"{a:.4f},{b:.4f},{color},7,{2 * a + (color == 'red') + 0.1 * rng.normal():.4f}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- a PostgreSQL server (conftest's postgres_url)
+def pg_bin(name):
+    """The path of a PostgreSQL server program, on PATH or in Debian's versioned folders."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

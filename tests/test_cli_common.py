@@ -2,9 +2,11 @@
 the table builder and the Optuna plumbing."""
 
 import math
+import sqlite3
 
 import pytest
 import torch
+from helpers import tiny_model
 
 pytest.importorskip("rich")
 pytest.importorskip("optuna")
@@ -22,10 +24,6 @@ from torch_rln_cli.common.stacked import (  # noqa: E402
 from torch_rln_cli.common.tables import Column, build, field_mean_std, field_number  # noqa: E402
 
 from torch_rln import RLNOptimizer  # noqa: E402
-
-
-def tiny_model(repeats=2, sizes=(3, 4, 2, 1)):
-    return StackedMLP(list(sizes), repeats, torch.Generator().manual_seed(0))
 
 
 # ---------------------------------------------------------------- the stacked MLP
@@ -152,3 +150,15 @@ def test_stale_trials_are_failed_through_the_public_api(tmp_path):
     assert states[left.number] == optuna.trial.TrialState.FAIL
     assert studies.finished_trials(study) == 2 and studies.state_counts(study) == {"complete": 2, "pruned": 0, "failed": 1}
     assert studies.best_trial(study).value == min(t.value for t in study.trials if t.value is not None)
+
+
+def test_an_sqlite_storage_is_in_write_ahead_log_mode_and_a_second_one_sees_its_trials(tmp_path):
+    """The mode is kept in the file, so every worker that opens it uses it; a second storage on
+    the file, as another worker's, reads the first one's trials."""
+    path = tmp_path / "wal.db"
+    study = studies.open_study("wal", studies.make_storage(f"sqlite:///{path}", heartbeat_seconds=60), seed=0)
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    other = studies.open_study("wal", studies.make_storage(f"sqlite:///{path}", heartbeat_seconds=60), seed=0)
+    assert [t.value for t in other.trials] == [t.value for t in study.trials]

@@ -5,11 +5,11 @@ import math
 
 import numpy as np
 import pytest
+from helpers import run_cli
 
 pytest.importorskip("rich")
 pytest.importorskip("matplotlib")
 
-from torch_rln_cli import main as cli_main  # noqa: E402
 from torch_rln_cli.common.data import standardize  # noqa: E402
 from torch_rln_cli.rln_boston import analysis, search  # noqa: E402
 from torch_rln_cli.rln_boston.data import load_boston_housing  # noqa: E402
@@ -57,12 +57,6 @@ def test_feature_recovery_counts():
 
 
 # ---------------------------------------------------------------- the command
-def run_cli(argv, capsys):
-    code = cli_main.main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
-
-
 def test_quick_run_end_to_end(tmp_path, capsys):
     code, out = run_cli(["bench", "rln", "--quick", "--device", "cpu", "--out", str(tmp_path)], capsys)
     assert code == 0, out

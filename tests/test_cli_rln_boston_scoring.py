@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_model
 
 pytest.importorskip("rich")
 pytest.importorskip("matplotlib")
 
 from torch_rln_cli import main as cli_main
-from torch_rln_cli.common.stacked import StackedMLP
 from torch_rln_cli.rln_boston import analysis, protocol, search
 from torch_rln_cli.rln_boston import model as rln_model
 from torch_rln_cli.rln_boston import run as rln_run
@@ -21,10 +21,6 @@ from torch_rln_cli.rln_boston.run import seed_list
 from torch_rln import RLNOptimizer
 
 RUN_FIELDS = {"keras_loss", "keras_loss_mean", "keras_loss_std", "collapsed", "mse_median", "mse_mean_alive"}
-
-
-def tiny_model(repeats=2, sizes=(3, 4, 2, 1)):
-    return StackedMLP(list(sizes), repeats, torch.Generator().manual_seed(0))
 
 
 # ---------------------------------------------------------------- the Keras-equivalent score

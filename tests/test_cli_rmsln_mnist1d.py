@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli
 
 pytest.importorskip("optuna")
 pytest.importorskip("mnist1d")
@@ -47,12 +48,6 @@ def test_verdict_on_the_published_claim(rmsln_losses, holds):
     reg = {"final_val_loss": rmsln_losses, "min_val_loss": [1.0] * 4}
     verdict = results.comparison({"baseline": base, "rmsln": reg})
     assert verdict["published_claim_holds"] is holds
-
-
-def run_cli(argv, capsys):
-    code = cli_main.main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 def test_quick_run_end_to_end(tmp_path, capsys):

@@ -4,13 +4,12 @@ Each worker is ``python -m torch_rln_cli bench rmsln`` on one SQLite storage; th
 bounded in time and leave no process behind.
 """
 
-import os
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
+from helpers import cli_process, finish
 
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("mnist1d")
@@ -21,11 +20,9 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 def worker(storage, name, out, trials, trial_epochs=3, heartbeat=1):
-    argv = [sys.executable, "-m", "torch_rln_cli", "bench", "rmsln", "--quick", "--device", "cpu",
-            "--storage", storage, "--study-name", name, "--trials", str(trials),
-            "--trial-epochs", str(trial_epochs), "--heartbeat", str(heartbeat), "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    return cli_process(["bench", "rmsln", "--quick", "--device", "cpu", "--storage", storage, "--study-name", name,
+                        "--trials", str(trials), "--trial-epochs", str(trial_epochs), "--heartbeat", str(heartbeat),
+                        "--out", str(out)])  # fmt: skip
 
 
 def trials_of(storage, name, model="baseline"):
@@ -33,16 +30,6 @@ def trials_of(storage, name, model="baseline"):
         return optuna.load_study(study_name=f"{name}-{model}", storage=storage).trials
     except KeyError:
         return []
-
-
-def finish(process, timeout=240):
-    try:
-        out, _ = process.communicate(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    return process.returncode, out.decode(errors="replace")
 
 
 def test_two_workers_share_the_studies(tmp_path):

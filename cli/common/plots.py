@@ -15,15 +15,16 @@ import numpy as np
 SEED_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 
 
-def new_figure(rows: int, size: tuple[float, float]) -> tuple[Any, np.ndarray]:
-    """A figure of ``rows`` axes stacked vertically, and the axes as a ``(rows, 1)`` array."""
-    fig, axes = plt.subplots(rows, 1, figsize=size, squeeze=False)
+def new_figure(rows: int, size: tuple[float, float], cols: int = 1) -> tuple[Any, np.ndarray]:
+    """A figure of ``rows`` by ``cols`` axes, and the axes as a ``(rows, cols)`` array."""
+    fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False)
     return fig, axes
 
 
-def save(fig: Any, path: Path) -> Path:
-    """Lay ``fig`` out, write it to ``path`` as a PNG and free it."""
-    fig.tight_layout()
+def save(fig: Any, path: Path, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> Path:
+    """Lay ``fig`` out within ``rect`` (the share of the figure left to the axes: room above
+    for a legend), write it to ``path`` as a PNG and free it."""
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
