@@ -19,7 +19,7 @@ from ._wrapper import RegularizedOptimizer
 from .rln import RLNOptimizer, rln_coefficients, rln_update
 from .rmsln import RMSLNWrapper, rms_penalty, rms_penalty_grad, rmsln_update
 
-__version__ = "0.2.0.dev0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CompiledKernel",
