@@ -88,8 +88,52 @@ def _finite(params, opt):
 
 
 # ---------------------------------------------------------------- finite inputs stay finite
+# Found by the deep run of 2026-12-05 (shrunk): a float16 weight at its largest value under
+# coupled RMSLN (target 0, reg_lambda >= 1) has a penalty gradient beyond float16's range, and
+# the gradient, rounded into float16, was inf (the weight -inf after the step).
+_F16_BIG_UNDER_RMSLN = Scenario(
+    stack="rmsln(rln)",
+    inner="sgd",
+    groups=(
+        GroupSpec(
+            tensors=(
+                TensorSpec(shape=(0,), dtype="float16", scale=0.001),
+                TensorSpec(shape=(2,), dtype="float16", scale=0.001, sprinkles=((0, "1e15"),)),
+            ),
+            norm=1,
+            avg_reg=0.0,
+            reg_lr=0.0,
+            reg_lambda=10**0.25,
+            target=0.0,
+        ),
+    ),
+    steps=(StepSpec(grad_scale=0.01),),
+    lr=1e-3,
+)
+_F16_BIG_ADDED_TO_RMSLN = Scenario(
+    stack="rmsln",
+    inner="sgd",
+    groups=(
+        GroupSpec(
+            tensors=(TensorSpec(shape=(0,), dtype="float16", scale=0.001),),
+            norm=1,
+            avg_reg=0.0,
+            reg_lr=0.0,
+            reg_lambda=1.0,
+            target=0.0,
+        ),
+    ),
+    steps=(StepSpec(grad_scale=0.01),),
+    lr=1e-3,
+    added=TensorSpec(shape=(1, 1), dtype="float16", scale=0.001, sprinkles=((0, "1e15"),)),
+    add_at=0,
+)
+
+
 @settings(max_examples=examples(150))
 @given(scn=scenarios(kinds=MODERATE + HUGE), path=st.sampled_from(EAGER))
+@example(scn=_F16_BIG_UNDER_RMSLN, path="per_tensor")
+@example(scn=_F16_BIG_ADDED_TO_RMSLN, path="foreach")
 def test_finite_inputs_stay_finite(scn, path):
     """Finite weights (zeros, subnormals, large values and weights up to the largest float
     sprinkled in) and finite gradients: every weight and coefficient stays finite through
@@ -168,6 +212,7 @@ def test_rln_huge_finite_weights_stay_finite_and_the_paths_agree(scn):
 @settings(max_examples=examples(15))
 @given(scn=scenarios(stacks=RMSLN_ONLY_STACKS, kinds=MODERATE + HUGE), path=st.sampled_from(EAGER))
 @example(scn=_one_tensor("rmsln", "2sqrt_max"), path="foreach")
+@example(scn=_F16_BIG_ADDED_TO_RMSLN, path="per_tensor")
 @example(scn=_one_tensor("rmsln_decoupled", "2sqrt_max", dtype="float64"), path="per_tensor")
 def test_rmsln_huge_finite_weights_stay_finite(scn, path):
     run(scn, path, after=lambda k, params, opt: _finite(params, opt))
@@ -502,11 +547,24 @@ def tiny_norm_cases(draw):
         "path": "per_tensor",
     }
 )
+@example(  # found by the deep run: the smallest normal bfloat16 weight, reg_lambda 1, target 2 (scale overflows)
+    case={
+        "shape": (1,),
+        "dtype": "bfloat16",
+        "kind": "smallest_normal",
+        "sign": 1.0,
+        "reg_lambda": 1.0,
+        "target": 2.0,
+        "decoupled": False,
+        "path": "per_tensor",
+    }
+)
 def test_rmsln_a_tiny_nonzero_norm_does_not_overflow(case):
     """A tensor whose norm is tiny but not 0 (one element, subnormal or the smallest normal):
     one step of RMSLN with SGD is finite, and equals the step on the penalty in the loss
-    (autograd) where the norm is a normal number in the dtype RMSLN computes in; a subnormal
-    norm gives no gradient (by design: dividing by it overflows)."""
+    (autograd) where the norm is a normal number in the dtype RMSLN computes in and the
+    scale ``coef / norm`` is finite; otherwise there is no gradient (by design: the scale
+    overflows)."""
     dtype = DTYPES[case["dtype"]]
     start = torch.full(case["shape"], case["sign"] * special(case["kind"], dtype), dtype=dtype)
     w = torch.nn.Parameter(start.clone())
@@ -523,9 +581,11 @@ def test_rmsln_a_tiny_nonzero_norm_does_not_overflow(case):
     opt.step()
     leaf = start.clone().requires_grad_()
     rms_penalty([leaf], lam, target).backward()
-    norm = torch.linalg.vector_norm(start.to(state_dtype(dtype)))
-    normal = bool(norm >= torch.finfo(norm.dtype).tiny)
-    expected = start - lr * leaf.grad if normal else start
+    ws = start.to(state_dtype(dtype))
+    norm, sqrt_n = torch.linalg.vector_norm(ws), ws.numel() ** 0.5
+    coef = lam * (2.0 * (norm / sqrt_n - target)) / sqrt_n
+    gets_gradient = bool(norm >= torch.finfo(norm.dtype).tiny) and bool(torch.isfinite(coef / norm))
+    expected = start - lr * leaf.grad if gets_gradient else start
     assert torch.isfinite(w).all()
     torch.testing.assert_close(w.detach(), expected)
 

@@ -30,10 +30,16 @@ Numerics:
   ``scale`` would overflow), a norm that overflows (a weight beyond the square root of
   the largest float: 1.8e19 in float32), and a norm that is NaN or Inf because a weight
   is. So a non-finite weight changes nothing else in its tensor; autograd of
-  :func:`rms_penalty` would spread it (as it would through the loss).
+  :func:`rms_penalty` would spread it (as it would through the loss). A ``scale`` that
+  overflows (a normal norm below ``|2 lambda (rms - tau)| / (sqrt(n) max)``, about 1e-38
+  in float32: one tiny weight) gives no gradient either, where autograd would give one of
+  magnitude ``|2 lambda (rms - tau)| / sqrt(n)``; the compiled kernel divides the weights
+  by the norm elementwise and gives autograd's.
 * Norms and the update run in float32 for float16/bfloat16 weights (in the weights'
-  dtype otherwise); the result is rounded once into the gradient or weight. This takes a
-  float32 copy of such weights for the duration of the update.
+  dtype otherwise); the result is rounded once into the gradient or weight, saturated at
+  the dtype's largest finite value where it was finite before (a float16 weight above
+  about 3e4 at ``reg_lambda`` 1 has a penalty gradient beyond float16's range). This takes
+  a float32 copy of such weights for the duration of the update.
 * Empty tensors are ignored: no gradient, no penalty term.
 * No host sync: all per-tensor quantities stay 0-d tensors on the weights' device.
 
@@ -118,8 +124,7 @@ def _single_tensor_rmsln(
         coef = reg_lambdas[i] * (2.0 * (rms - targets[i])) / sqrt_n
         if alphas is not None:
             coef = coef * alphas[i]
-        usable = _usable(norm)
-        scale = torch.where(usable, coef / torch.where(usable, norm, 1.0), 0.0)  # dR/dW = scale * W
+        scale = _finite_scale(coef, norm)  # dR/dW = scale * W
         _add_scaled_(outs[i], w, ws, scale)
         rms_list.append(rms)
     return rms_list
@@ -131,7 +136,25 @@ def _add_scaled_(out: Tensor, w: Tensor, ws: Tensor, scale: Tensor) -> None:
     if w.dtype == scale.dtype:
         out.addcmul_(w, scale)
     else:
-        out.add_(ws * scale)
+        _add_saturated_([out], [ws * scale])
+
+
+def _add_saturated_(outs: list[Tensor], terms: list[Tensor]) -> None:
+    """``outs += terms`` for float16/bfloat16 ``outs`` and float32 ``terms``, computed in float32
+    and rounded once, saturated at the largest finite value of ``outs``' dtype where ``out``
+    was finite: a penalty's gradient beyond float16's range (a weight above ~3e4 at
+    reg_lambda 1) is clipped to it instead of making the weight inf. A non-finite value
+    already in ``out`` (an overflowed loss gradient) stays."""
+    for out, term in zip(outs, terms, strict=True):
+        limit = torch.finfo(out.dtype).max
+        total = term.add_(out).clamp_(-limit, limit)
+        out.copy_(torch.where(torch.isfinite(out), total, out))
+
+
+def _finite_scale(coef: Tensor, norm: Tensor) -> Tensor:
+    """``coef / norm``, and 0 where the norm is not a normal, finite number (0, subnormal, Inf,
+    NaN) or where the quotient overflows (a norm below ``|coef| / max``)."""
+    return torch.where(norm >= torch.finfo(norm.dtype).tiny, coef / norm, 0.0).nan_to_num_(0.0, 0.0, 0.0)
 
 
 def _multi_tensor_rmsln(
@@ -171,16 +194,10 @@ def _multi_tensor_rmsln(
         if weights[0].dtype == ws[0].dtype:
             torch._foreach_addcmul_(targets_out, weights, scales)
         else:
-            torch._foreach_add_(targets_out, list(torch._foreach_mul(ws, scales)))
+            _add_saturated_(targets_out, list(torch._foreach_mul(ws, scales)))
         for i, r in zip(indices, rms, strict=True):
             rms_list[i] = r
     return rms_list  # type: ignore[return-value]
-
-
-def _usable(norm: Tensor) -> Tensor:
-    """Whether a norm is a normal, finite number (False for 0, subnormal, Inf and NaN)."""
-    info = torch.finfo(norm.dtype)
-    return (norm >= info.tiny) & (norm <= info.max)
 
 
 def _scales(
@@ -193,8 +210,9 @@ def _scales(
 ) -> list[Tensor]:
     """Per tensor, the 0-d ``scale`` with ``alpha * dR/dW = scale * W``:
     ``alpha * 2 lambda (rms - target) / (sqrt(n) * norm)``, and 0 where the norm is not a
-    normal, finite number. The settings enter through foreach ops (scalars, no copy to the
-    device); the rest runs on the norms stacked into one tensor."""
+    normal, finite number or the quotient overflows. The settings enter through foreach
+    ops (scalars, no copy to the device); the rest runs on the norms stacked into one
+    tensor."""
     coefs = list(torch._foreach_sub(rms, targets))
     torch._foreach_mul_(coefs, [2.0 * lam for lam in reg_lambdas])
     torch._foreach_div_(coefs, sqrt_ns)  # 2 lambda (rms - target) / sqrt(n)
@@ -206,9 +224,7 @@ def _scales(
             torch._foreach_mul_(coefs, tensors)
         else:
             torch._foreach_mul_(coefs, [float(a) for a in alphas])
-    norm, coef = torch.stack(norms), torch.stack(coefs)
-    usable = _usable(norm)
-    return list(torch.where(usable, coef / torch.where(usable, norm, 1.0), 0.0).unbind())
+    return list(_finite_scale(torch.stack(coefs), torch.stack(norms)).unbind())
 
 
 def _fused_rmsln_kernel(w: Tensor, out: Tensor, settings: Tensor) -> Tensor:
