@@ -11,6 +11,18 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 from torch_rln import RLNOptimizer
 
 
+def _two_steps_then_remove(opt, w, *handles):
+    """Two steps of ``opt`` on a gradient of ones for ``w``; the global hooks' ``handles``
+    removed afterwards, even if a step raised (a hook left behind would fire in other tests)."""
+    try:
+        w.grad = torch.ones_like(w)
+        opt.step()
+        opt.step()
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @pytest.mark.parametrize("name", ["rln", "rmsln", "rmsln_over_rln"])
 def test_global_step_hooks_fire_once_per_step(name):
     w = torch.nn.Parameter(torch.randn(4, 5))
@@ -18,13 +30,7 @@ def test_global_step_hooks_fire_once_per_step(name):
     calls = []
     pre = register_optimizer_step_pre_hook(lambda o, args, kwargs: calls.append(("pre", type(o).__name__)))
     post = register_optimizer_step_post_hook(lambda o, args, kwargs: calls.append(("post", type(o).__name__)))
-    try:
-        w.grad = torch.ones_like(w)
-        opt.step()
-        opt.step()
-    finally:
-        pre.remove()
-        post.remove()
+    _two_steps_then_remove(opt, w, pre, post)
     outer = type(opt).__name__
     assert calls == [("pre", outer), ("post", outer)] * 2
     # after removal, nothing fires, and the hook dicts are torch's again
@@ -202,12 +208,7 @@ def test_a_global_hook_removed_during_a_wrapper_step_stays_removed(wrapper_name)
     calls = []
     handle = register_optimizer_step_post_hook(lambda o, a, k: calls.append(o))
     inner.register_step_pre_hook(lambda o, args, kwargs: handle.remove())
-    try:
-        w.grad = torch.ones_like(w)
-        opt.step()
-        opt.step()
-    finally:
-        handle.remove()
+    _two_steps_then_remove(opt, w, handle)
     assert calls in ([], [opt])  # removed during the first step; torch itself fires or skips a hook removed mid-step
 
 

@@ -148,39 +148,23 @@ def _one_tensor(stack, value, dtype="float32", reg_lr=6e5, avg_reg=-7.5, norm=1,
     return Scenario(stack=stack, inner=inner, groups=(group,), steps=(StepSpec(seed=1),) * 3, lr=lr)
 
 
+def _bf16_at_max(reg_lr, steps):
+    """A bfloat16 tensor holding its largest value beside a small one (L1, avg_reg 0), with
+    ``reg_lr``: a pinned example."""
+    spec = TensorSpec(shape=(2,), dtype="bfloat16", scale=0.001, sprinkles=((0, "max"),))
+    group = GroupSpec(tensors=(spec,), norm=1, avg_reg=0.0, reg_lr=reg_lr)
+    return Scenario(stack="rln", inner="sgd", groups=(group,), steps=steps, lr=1e-3)
+
+
 # Found by the deep run (shrunk): a bfloat16 weight at its largest value, reg_lr 10. The first step
 # makes it NaN (issue 22.8 is |w| > max / reg_lr, not only the default reg_lr), its coefficient
 # NaN too, and then the optimizer refuses its own state_dict ("state rln_lam ... holds NaN").
-_BF16_MAX_RELOADED = Scenario(
-    stack="rln",
-    inner="sgd",
-    groups=(
-        GroupSpec(
-            tensors=(TensorSpec(shape=(2,), dtype="bfloat16", scale=0.001, sprinkles=((0, "max"),)),),
-            avg_reg=0.0,
-            reg_lr=10.0,
-        ),
-    ),
-    steps=(StepSpec(grad_scale=0.01, checkpoint="reload"),),
-    lr=1e-3,
-)
-
+_BF16_MAX_RELOADED = _bf16_at_max(10.0, (StepSpec(grad_scale=0.01, checkpoint="reload"),))
 # Found by the ci profile once HUGE joined the paths' property (shrunk): with reg_lr 0 and L1, the
 # coefficient of a bfloat16 weight at its largest value grows until w' r_prev overflows, and
 # inf * 0 made the tensor NaN (the foreach path's r_prev NaN too, the per-tensor path's 0).
-_BF16_MAX_NU_ZERO = Scenario(
-    stack="rln",
-    inner="sgd",
-    groups=(
-        GroupSpec(
-            tensors=(TensorSpec(shape=(2,), dtype="bfloat16", scale=0.001, sprinkles=((0, "max"),)),),
-            norm=1,
-            avg_reg=0.0,
-            reg_lr=0.0,
-        ),
-    ),
-    steps=(StepSpec(grad_scale=0.01),) * 4 + (StepSpec(grad_scale=0.01, checkpoint="reload"),),
-    lr=1e-3,
+_BF16_MAX_NU_ZERO = _bf16_at_max(
+    0.0, (StepSpec(grad_scale=0.01),) * 4 + (StepSpec(grad_scale=0.01, checkpoint="reload"),)
 )
 
 
