@@ -237,9 +237,10 @@ def _coefficients_before_projection_(
         torch._foreach_copy_(out, clean)
     torch._foreach_mul_(out, r_prevs)
     torch._foreach_mul_(out, [-plan.reg_lrs[c.row] for c in wave])
-    for chunk, o in zip(wave, out, strict=True):
-        if not plan.reg_lrs[chunk.row]:
-            o.zero_()  # nu = 0: no term (w' r_prev may be inf, and inf * 0 is NaN)
+    if 0.0 in plan.reg_lrs:  # nu = 0: no term (w' r_prev may be inf, and inf * 0 is NaN)
+        for chunk, o in zip(wave, out, strict=True):
+            if not plan.reg_lrs[chunk.row]:
+                o.zero_()
     torch._foreach_add_(out, folded)
     for chunk, o in zip(wave, out, strict=True):
         bound = plan.bounds[chunk.row]
